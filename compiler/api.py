@@ -1,0 +1,113 @@
+"""``autoglm.compile`` and ``autoglm.load``: the one-call entry points."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from autoglm.capture import capture
+from autoglm.compiled import CompiledModel
+from autoglm.cost import CostModel
+from autoglm.ir.annotate import annotate
+from autoglm.ir.pass_base import PassContext
+from autoglm.pass_manager import PassManager
+from autoglm.pipeline import resolve_passes
+
+__all__ = ["compile", "load", "split_example_inputs"]
+
+
+def split_example_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """A tuple/list → positional, a dict → keyword, a single tensor → one positional."""
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    raise TypeError(
+        f"example_inputs must be a tuple of positional inputs or a dict of keyword inputs, "
+        f"got {type(example_inputs).__name__}"
+    )
+
+
+def compile(  # noqa: A001 - the public name users expect, like torch.compile
+    model: nn.Module,
+    example_inputs: Any,
+    passes: Any = "default",
+    devices: Sequence[str] | None = None,
+    *,
+    frontend: str = "auto",
+    verify: bool = False,
+    cost: str = "analytic",
+    calibration: Any = None,
+    measure: bool = False,
+) -> CompiledModel:
+    """Capture ``model``, run ``passes`` over its graph and return a drop-in callable.
+
+    ``passes``: ``"default"`` (exact passes only), ``"none"``, a spec string such as
+    ``"split_merge,partition(k=2),quantize(mode=dynamic)"``, or a list of passes.
+    ``devices``: where partitions run (``["cpu", "cpu"]``); one device by default.
+    ``verify=True`` checks the outputs against the pre-pass graph after every pass.
+    """
+    devices = list(devices or ["cpu"])
+    args, kwargs = split_example_inputs(example_inputs)
+    pipeline = resolve_passes(passes, devices)  # bad specs fail before any work
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        captured = capture(model, args, kwargs, frontend=frontend)
+    finally:
+        model.train(was_training)
+    timings["capture_s"] = time.perf_counter() - t0
+    gm = captured.graph_module
+    t0 = time.perf_counter()
+    cost_model = CostModel(cost)
+    with torch.no_grad():
+        annotate(gm, captured.flat_inputs, measure=measure or cost == "measured")
+    cost_model.annotate_costs(gm) if cost == "analytic" else cost_model.annotate_costs(gm, captured.flat_inputs)
+    timings["annotate_s"] = time.perf_counter() - t0
+    ctx = PassContext(captured.flat_inputs, devices=devices, cost=cost_model, calibration=calibration)
+    t0 = time.perf_counter()
+    manager = PassManager(pipeline, verify=verify)
+    gm = manager.run(gm, ctx)
+    timings["passes_s"] = time.perf_counter() - t0
+    cost_model.annotate_costs(gm)
+    config = {
+        "passes": [p.spec() for p in pipeline],
+        "devices": devices,
+        "frontend": captured.frontend,
+        "cost": cost,
+        "verify": verify,
+    }
+    executor = _build_executor(gm, ctx)
+    return CompiledModel(gm, captured.signature, captured.flat_inputs, config, manager.records,
+                         captured.frontend, executor=executor,
+                         notes={**ctx.notes, "timings": timings, "frontend_reasons": captured.reasons})
+
+
+def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:
+    """A partitioned graph runs on the multi-device executor; anything else runs as is."""
+    if "partitioned" in ctx.properties:
+        from autoglm.runtime.local import LocalExecutor
+
+        return LocalExecutor(gm, ctx.devices)
+    return gm
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Load a saved artifact directory (never unpickles)."""
+    from autoglm.artifacts import load_artifact
+
+    gm, sig, inputs, config = load_artifact(path)
+    with torch.no_grad():
+        annotate(gm, inputs)
+    ctx = PassContext(inputs, devices=list(config.get("devices", ["cpu"])))
+    if any(n.meta.get("autoglm") is not None and n.meta["autoglm"].partition is not None for n in gm.graph.nodes):
+        ctx.properties.add("partitioned")
+    return CompiledModel(gm, sig, inputs, config, records=config.get("records", []),
+                         frontend=config.get("frontend", ""), executor=_build_executor(gm, ctx))

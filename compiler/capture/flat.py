@@ -1,0 +1,168 @@
+"""Flat calling convention between the user's structured calls and the graph.
+
+The captured graph always takes a flat tuple of tensors and returns a flat
+tuple of tensors. ``FlatSignature`` remembers how to get there and back: the
+pytree spec of ``(args, kwargs)`` and of the output, and the non-tensor leaves
+(flags, ints, None) that were constant at capture time. HF ``ModelOutput``
+dataclasses are pytree nodes (transformers registers them), so they round-trip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+__all__ = ["FlatSignature", "Captured", "FlatCall", "fixed_arity_flat_call", "split_leaves", "merge_leaves"]
+
+
+def _is_tensor_like(v: Any) -> bool:
+    return isinstance(v, (torch.Tensor, fx.Proxy))
+
+
+def split_leaves(leaves: list[Any]) -> tuple[list[Any], list[int], dict[int, Any]]:
+    """Tensors, their positions, and the constant (non-tensor) leaves by position."""
+    tensors, positions, consts = [], [], {}
+    for i, v in enumerate(leaves):
+        if _is_tensor_like(v):
+            tensors.append(v)
+            positions.append(i)
+        else:
+            consts[i] = v
+    return tensors, positions, consts
+
+
+def merge_leaves(tensors: Any, positions: list[int], consts: dict[int, Any]) -> list[Any]:
+    leaves: list[Any] = [None] * (len(positions) + len(consts))
+    for i, t in zip(positions, tensors):
+        leaves[i] = t
+    for i, v in consts.items():
+        leaves[i] = v
+    return leaves
+
+
+@dataclass
+class FlatSignature:
+    in_spec: TreeSpec
+    in_positions: list[int]
+    in_consts: dict[int, Any]
+    out_spec: TreeSpec | None = None
+    out_positions: list[int] = field(default_factory=list)
+    out_consts: dict[int, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_inputs(cls, args: tuple, kwargs: dict) -> tuple["FlatSignature", list[torch.Tensor]]:
+        leaves, spec = tree_flatten((tuple(args), dict(kwargs)))
+        tensors, positions, consts = split_leaves(leaves)
+        return cls(spec, positions, consts), tensors
+
+    def flatten_inputs(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        """The graph's flat inputs for a user call; a clear error if the call differs."""
+        leaves, spec = tree_flatten((tuple(args), dict(kwargs)))
+        if spec != self.in_spec:
+            raise TypeError(
+                "compiled model called with a different input structure than it was compiled for: "
+                f"expected {self.in_spec}, got {spec}; compile again with matching example_inputs"
+            )
+        tensors, positions, consts = split_leaves(leaves)
+        if positions != self.in_positions or any(
+            not _same_const(consts.get(i), v) for i, v in self.in_consts.items()
+        ):
+            raise TypeError(
+                "compiled model called with different non-tensor arguments than at compile time "
+                f"(compiled with {self.in_consts}, called with {consts}); compile again with these values"
+            )
+        return tensors
+
+    def unflatten_outputs(self, tensors: Any) -> Any:
+        assert self.out_spec is not None, "output structure unknown before capture"
+        return tree_unflatten(merge_leaves(tensors, self.out_positions, self.out_consts), self.out_spec)
+
+    def to_json(self) -> dict[str, Any]:
+        from torch.utils._pytree import treespec_dumps
+
+        return {
+            "in_spec": treespec_dumps(self.in_spec),
+            "in_positions": self.in_positions,
+            "in_consts": {str(k): _const_json(v) for k, v in self.in_consts.items()},
+            "out_spec": treespec_dumps(self.out_spec) if self.out_spec is not None else None,
+            "out_positions": self.out_positions,
+            "out_consts": {str(k): _const_json(v) for k, v in self.out_consts.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "FlatSignature":
+        from torch.utils._pytree import treespec_loads
+
+        return cls(
+            in_spec=treespec_loads(data["in_spec"]),
+            in_positions=list(data["in_positions"]),
+            in_consts={int(k): v for k, v in data["in_consts"].items()},
+            out_spec=treespec_loads(data["out_spec"]) if data["out_spec"] else None,
+            out_positions=list(data["out_positions"]),
+            out_consts={int(k): v for k, v in data["out_consts"].items()},
+        )
+
+
+def _same_const(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _const_json(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"cannot save non-tensor constant {v!r} of type {type(v).__name__}")
+
+
+class FlatCall(nn.Module):
+    """Calls the user's model from flat tensors and returns flat tensors.
+
+    Tracing this module (either frontend) yields the flat graph; the output
+    structure is recorded on ``signature`` as a side effect of the trace.
+    """
+
+    def __init__(self, model: nn.Module, signature: FlatSignature):
+        super().__init__()
+        self.model = model
+        self._signature = signature
+
+    def forward(self, *tensors: Any) -> tuple:
+        return self.call_flat(*tensors)
+
+    def call_flat(self, *tensors: Any) -> tuple:
+        sig = self._signature
+        args, kwargs = tree_unflatten(merge_leaves(tensors, sig.in_positions, sig.in_consts), sig.in_spec)
+        out = self.model(*args, **kwargs)
+        leaves, out_spec = tree_flatten(out)
+        out_tensors, positions, consts = split_leaves(leaves)
+        sig.out_spec, sig.out_positions, sig.out_consts = out_spec, positions, consts
+        return tuple(out_tensors)
+
+
+def fixed_arity_flat_call(model: nn.Module, signature: FlatSignature, n: int) -> FlatCall:
+    """A ``FlatCall`` whose forward takes exactly ``n`` named tensors.
+
+    FX turns ``*args`` into one placeholder it then cannot iterate; a forward with
+    one named parameter per tensor gives one placeholder per input. The source is
+    generated here from integers only, never from user data.
+    """
+    names = ", ".join(f"input_{i}" for i in range(n))
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self, {names}):\n    return self.call_flat({names})\n", namespace)  # noqa: S102
+    cls = type("FlatCall", (FlatCall,), {"forward": namespace["forward"]})
+    return cls(model, signature)
+
+
+@dataclass
+class Captured:
+    graph_module: fx.GraphModule
+    signature: FlatSignature
+    frontend: str
+    flat_inputs: list[torch.Tensor]
+    reasons: dict[str, str] = field(default_factory=dict)  # why earlier frontends failed

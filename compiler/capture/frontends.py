@@ -1,0 +1,74 @@
+"""Frontend selection: try each in order, keep every reason a frontend failed."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from autoglm.capture.errors import CaptureError
+from autoglm.capture.export import export_capture
+from autoglm.capture.flat import Captured, FlatCall, FlatSignature, fixed_arity_flat_call
+from autoglm.capture.symbolic import symbolic_capture
+
+__all__ = ["FRONTENDS", "capture"]
+
+
+def _symbolic(root: FlatCall, flat_inputs: list[torch.Tensor]) -> fx.GraphModule:
+    return symbolic_capture(root)
+
+
+def _export(root: FlatCall, flat_inputs: list[torch.Tensor]) -> fx.GraphModule:
+    return export_capture(root, flat_inputs)
+
+
+# Order matters: symbolic keeps module structure (readable graphs, cheap capture);
+# export takes what symbolic cannot (HF models) at the price of an aten graph.
+FRONTENDS: dict[str, Callable[[FlatCall, list[torch.Tensor]], fx.GraphModule]] = {
+    "symbolic": _symbolic,
+    "export": _export,
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    extra = [ln for ln in text[1:] if ln.strip().startswith("at ")]
+    return f"{type(exc).__name__}: {first}" + (f" ({extra[0].strip()})" if extra else "")
+
+
+def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, frontend: str = "auto") -> Captured:
+    """Capture ``model(*args, **kwargs)`` into a flat graph.
+
+    ``frontend`` is ``"auto"`` (try each in order), ``"symbolic"`` or ``"export"``.
+    """
+    kwargs = dict(kwargs or {})
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if frontend != "auto" and frontend not in FRONTENDS:
+        raise ValueError(f"unknown frontend {frontend!r}; valid: auto, {', '.join(FRONTENDS)}")
+    names = list(FRONTENDS) if frontend == "auto" else [frontend]
+    sig, flat_inputs = FlatSignature.from_inputs(args, kwargs)
+    if not flat_inputs:
+        raise ValueError("example_inputs contain no tensors; pass the tensors the model is called with")
+    with torch.no_grad():
+        reference = model(*args, **kwargs)  # eager once: real errors surface as themselves
+    del reference
+    reasons: dict[str, str] = {}
+    source = ""
+    for name in names:
+        trial_sig = copy.copy(sig)
+        root = fixed_arity_flat_call(model, trial_sig, len(flat_inputs))
+        try:
+            gm = FRONTENDS[name](root, flat_inputs)
+        except Exception as exc:  # each frontend fails in its own way; keep the reason
+            reasons[name] = _one_line(exc)
+            source = source or getattr(exc, "source", "")
+            continue
+        if trial_sig.out_spec is None:
+            reasons[name] = "captured graph never produced an output structure"
+            continue
+        return Captured(gm, trial_sig, name, list(flat_inputs), reasons)
+    raise CaptureError(f"could not capture {type(model).__name__} with any frontend", reasons, source)

@@ -1,0 +1,1 @@
+"""Example models shipped with the repository (built in code, no downloads)."""
