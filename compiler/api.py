@@ -44,6 +44,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     cost: str = "analytic",
     calibration: Any = None,
     measure: bool = False,
+    backend: str = "fx",
+    backend_options: dict[str, Any] | None = None,
 ) -> CompiledModel:
     """Capture ``model``, run ``passes`` over its graph and return a drop-in callable.
 
@@ -51,7 +53,11 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     ``"split_merge,partition(k=2),quantize(mode=dynamic)"``, or a list of passes.
     ``devices``: where partitions run (``["cpu", "cpu"]``); one device by default.
     ``verify=True`` checks the outputs against the pre-pass graph after every pass.
+    ``backend``: ``"fx"`` runs the rewritten graph in PyTorch (multi-device when
+    partitioned); ``"onnxruntime"`` exports it and runs an InferenceSession.
     """
+    if backend not in ("fx", "onnxruntime"):
+        raise ValueError(f"backend must be 'fx' or 'onnxruntime', got {backend!r}")
     devices = list(devices or ["cpu"])
     args, kwargs = split_example_inputs(example_inputs)
     pipeline = resolve_passes(passes, devices)  # bad specs fail before any work
@@ -83,11 +89,16 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
         "frontend": captured.frontend,
         "cost": cost,
         "verify": verify,
+        "backend": backend,
     }
-    executor = _build_executor(gm, ctx)
-    return CompiledModel(gm, captured.signature, captured.flat_inputs, config, manager.records,
-                         captured.frontend, executor=executor,
-                         notes={**ctx.notes, "timings": timings, "frontend_reasons": captured.reasons})
+    cm = CompiledModel(gm, captured.signature, captured.flat_inputs, config, manager.records,
+                       captured.frontend, executor=_build_executor(gm, ctx),
+                       notes={**ctx.notes, "timings": timings, "frontend_reasons": captured.reasons})
+    if backend == "onnxruntime":
+        from autoglm.onnx_export import attach_onnxruntime
+
+        attach_onnxruntime(cm, **(backend_options or {}))
+    return cm
 
 
 def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:
