@@ -74,13 +74,13 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     t0 = time.perf_counter()
     cost_model = CostModel(cost)
     with torch.no_grad():
-        annotate(gm, captured.flat_inputs, measure=measure or cost == "measured")
+        reference = annotate(gm, captured.flat_inputs, measure=measure or cost == "measured")
     cost_model.annotate_costs(gm) if cost == "analytic" else cost_model.annotate_costs(gm, captured.flat_inputs)
     timings["annotate_s"] = time.perf_counter() - t0
     ctx = PassContext(captured.flat_inputs, devices=devices, cost=cost_model, calibration=calibration)
     t0 = time.perf_counter()
     manager = PassManager(pipeline, verify=verify)
-    gm = manager.run(gm, ctx)
+    gm = manager.run(gm, ctx, reference=reference)
     timings["passes_s"] = time.perf_counter() - t0
     cost_model.annotate_costs(gm)
     config = {

@@ -83,10 +83,15 @@ class PassManager:
         self.max_steps = max_steps  # >1 re-runs the list until no pass modifies (fixed point)
         self.records: list[PassRecord] = []
 
-    def run(self, gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+    def run(self, gm: fx.GraphModule, ctx: PassContext, reference: Sequence[torch.Tensor] | None = None
+            ) -> fx.GraphModule:
+        """Run the pipeline. ``reference``: outputs of ``gm`` on the example inputs when
+        the caller has just annotated it (saves one run); otherwise annotated here."""
         _check_order(self.passes, ctx.properties | {"annotated"})
-        with torch.no_grad():
-            reference = _as_tuple(annotate(gm, ctx.example_inputs))
+        if reference is None:
+            with torch.no_grad():
+                reference = annotate(gm, ctx.example_inputs)
+        reference = _as_tuple(reference)
         expected = output_signature(gm)
         for step in range(self.max_steps):
             any_modified = False
@@ -125,6 +130,12 @@ class PassManager:
         if not result.modified and (created or removed):
             raise PassError(p.name, f"reported modified=False but created {created} and removed {removed} nodes",
                             None, previous)
+        record = PassRecord(p.name, p.spec(), p.exact, wall, nodes_before, len(new_gm.graph.nodes),
+                            result.modified, created, removed, notes=dict(ctx.notes.get(p.name, {})))
+        if not result.modified:  # nothing to re-annotate or re-verify
+            self.records.append(record)
+            ctx.properties.update(p.ensures)
+            return new_gm, reference, False
         new_gm.recompile()
         try:
             with torch.no_grad():
@@ -135,8 +146,6 @@ class PassManager:
         except Exception as exc:
             raise PassError(p.name, f"rewritten graph fails to run: {type(exc).__name__}: {exc}", None,
                             previous) from exc
-        record = PassRecord(p.name, p.spec(), p.exact, wall, nodes_before, len(new_gm.graph.nodes),
-                            result.modified, created, removed, notes=dict(ctx.notes.get(p.name, {})))
         if self.verify:
             self._compare(p, reference, outputs, record, previous)
         self.records.append(record)

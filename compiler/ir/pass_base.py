@@ -90,19 +90,23 @@ class GraphPass:
         return f"<pass {self.spec()}>"
 
 
+_INTERNAL_PATHS = ("/torch/", "/autoglm/", "/compiler/capture/", "/site-packages/transformers/")
+
+
 def source_line(node: fx.Node | None) -> str:
-    """The user's source line that produced ``node`` (last frame of its stack trace)."""
+    """The user's source line that produced ``node``: the innermost non-library frame."""
     if node is None:
         return ""
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
-    files = [ln for ln in lines if ln.startswith("File ")]
-    if not files:
-        return ""
-    last = files[-1]
-    idx = lines.index(last)
-    code = lines[idx + 1] if idx + 1 < len(lines) and not lines[idx + 1].startswith("File ") else ""
-    return f"{last}: {code}".strip(": ")
+    frames = []
+    for i, ln in enumerate(lines):
+        if ln.startswith("File "):
+            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+            frames.append((ln, code))
+    user = [f for f in frames if not any(p in f[0] for p in _INTERNAL_PATHS)]
+    chosen = (user or frames or [("", "")])[-1]
+    return f"{chosen[0]}: {chosen[1]}".strip(": ")
 
 
 class NodeError(Exception):

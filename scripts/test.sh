@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Command 2: run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-venv.sh
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,72 @@
+"""Artifacts: save/load round trip, atomic writes, no code execution on load."""
+import json
+import os
+
+import pytest
+import torch
+
+import autoglm
+from autoglm.artifacts import ArtifactError
+from autoglm.graph_io import UnsafeArtifactError
+from examples.models import small_cnn, small_transformer
+
+
+@pytest.mark.parametrize("factory", [small_transformer, small_cnn])
+@pytest.mark.parametrize("frontend", ["symbolic", "export"])
+def test_round_trip(tmp_path, factory, frontend):
+    model, inputs = factory()
+    cm = autoglm.compile(model, inputs, frontend=frontend)
+    cm.save(tmp_path / "art")
+    files = sorted(os.listdir(tmp_path / "art"))
+    assert files == ["code.py", "config.json", "example_inputs.safetensors", "graph.json", "weights.safetensors"]
+    loaded = autoglm.load(tmp_path / "art")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*inputs), model(*inputs))
+    config = json.loads((tmp_path / "art" / "config.json").read_text())
+    assert config["frontend"] == frontend and "torch" in config["versions"]
+    assert [n.op for n in loaded.graph_module.graph.nodes] == [n.op for n in cm.graph_module.graph.nodes]
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    model, inputs = small_cnn()
+    cm = autoglm.compile(model, inputs)
+    import autoglm.artifacts as art
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(art, "save_file", boom)
+    with pytest.raises(OSError):
+        cm.save(tmp_path / "art")
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_refuses_non_allowlisted_targets(tmp_path):
+    model, inputs = small_cnn()
+    autoglm.compile(model, inputs).save(tmp_path / "art")
+    path = tmp_path / "art" / "graph.json"
+    doc = json.loads(path.read_text())
+    node = next(n for n in doc["graph"]["nodes"] if n["op"] == "call_function")
+    node["target"] = {"fn": "os.system"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UnsafeArtifactError, match="os.system"):
+        autoglm.load(tmp_path / "art")
+    node["target"] = {"fn": "builtins.eval"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UnsafeArtifactError, match="eval"):
+        autoglm.load(tmp_path / "art")
+
+
+def test_load_refuses_non_allowlisted_module_class(tmp_path):
+    model, inputs = small_transformer()
+    autoglm.compile(model, inputs).save(tmp_path / "art")
+    path = tmp_path / "art" / "graph.json"
+    text = path.read_text().replace("torch.nn.modules.linear.Linear", "subprocess.Popen", 1)
+    path.write_text(text)
+    with pytest.raises(UnsafeArtifactError, match="subprocess.Popen"):
+        autoglm.load(tmp_path / "art")
+
+
+def test_load_of_non_artifact_is_clear(tmp_path):
+    with pytest.raises(ArtifactError, match="not an autoglm artifact"):
+        autoglm.load(tmp_path)
