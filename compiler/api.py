@@ -107,7 +107,9 @@ def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:
         from autoglm.runtime.local import LocalExecutor
 
         return LocalExecutor(gm, ctx.devices)
-    return gm
+    from autoglm.runtime.direct import DirectExecutor
+
+    return DirectExecutor(gm)
 
 
 def load(path: str | os.PathLike) -> CompiledModel:

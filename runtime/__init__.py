@@ -1,0 +1,1 @@
+"""Executors for compiled graphs (may import only ``autoglm.ir``)."""

@@ -59,8 +59,11 @@ class FlatSignature:
         tensors, positions, consts = split_leaves(leaves)
         return cls(spec, positions, consts), tensors
 
-    def flatten_inputs(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    def flatten_inputs(self, args: tuple, kwargs: dict) -> list[torch.Tensor] | tuple:
         """The graph's flat inputs for a user call; a clear error if the call differs."""
+        if not kwargs and self.positional_tensors_only and len(args) == len(self.in_positions) and all(
+                type(a) is torch.Tensor for a in args):
+            return args  # fast path: plain positional tensors need no pytree walk
         leaves, spec = tree_flatten((tuple(args), dict(kwargs)))
         if spec != self.in_spec:
             raise TypeError(
@@ -76,6 +79,16 @@ class FlatSignature:
                 f"(compiled with {self.in_consts}, called with {consts}); compile again with these values"
             )
         return tensors
+
+    @property
+    def positional_tensors_only(self) -> bool:
+        cached = self.__dict__.get("_positional")
+        if cached is None:
+            n = len(self.in_positions)
+            _, plain = tree_flatten((tuple(range(n)), {}))
+            cached = not self.in_consts and self.in_spec == plain
+            self.__dict__["_positional"] = cached
+        return cached
 
     def unflatten_outputs(self, tensors: Any) -> Any:
         assert self.out_spec is not None, "output structure unknown before capture"
