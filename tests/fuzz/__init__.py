@@ -1,0 +1,1 @@
+"""Differential fuzzing: random valid models, every pass, parity with eager."""

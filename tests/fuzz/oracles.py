@@ -1,0 +1,104 @@
+"""Oracles: what must hold for a generated model under each configuration.
+
+Exact configurations (no passes, default pipeline, split_merge, partition with
+K = 2..4, their chain, the multi-device runtime, ONNX export in onnxruntime)
+must ``assert_close`` to eager with default fp32 tolerances. Lossy ones state a
+bound: int8 output SQNR >= 25 dB. The pass manager runs the verifier after every
+pass (``verify=True`` also compares each pass's outputs with the graph before it).
+A configuration whose pass is not registered in this build is skipped.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import autoglm
+from autoglm.pass_manager import sqnr_db
+from autoglm.passes import REGISTRY
+
+__all__ = ["Config", "CONFIGS", "available_configs", "run_config", "eager_reference"]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    passes: str
+    devices: int = 1
+    needs: tuple[str, ...] = ()  # registered passes this configuration needs
+    exact: bool = True
+    min_sqnr_db: float = 25.0
+    onnx: bool = False
+
+
+CONFIGS: list[Config] = [
+    Config("none", "none"),
+    Config("default", "default"),
+    Config("default-2dev", "default", devices=2),
+    Config("split_merge", "split_merge", devices=2, needs=("split_merge",)),
+    Config("partition-k2", "partition(k=2)", devices=2, needs=("partition",)),
+    Config("partition-k3", "partition(k=3)", devices=3, needs=("partition",)),
+    Config("partition-k4", "partition(k=4,contiguous=True)", devices=4, needs=("partition",)),
+    Config("split_merge+partition", "split_merge,partition(k=2)", devices=2, needs=("split_merge", "partition")),
+    Config("onnx", "default", onnx=True),
+    Config("quantize-dynamic", "quantize(mode=dynamic)", needs=("quantize",), exact=False),
+]
+
+
+def available_configs() -> list[Config]:
+    out = []
+    for c in CONFIGS:
+        if not all(n in REGISTRY for n in c.needs):
+            continue
+        if c.onnx:
+            try:
+                import autoglm.onnx_export  # noqa: F401
+            except ImportError:
+                continue
+        out.append(c)
+    return out
+
+
+def _flat(out: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def eager_reference(model: torch.nn.Module, inputs: tuple) -> tuple[torch.Tensor, ...] | None:
+    """Eager outputs, or None when they are non-finite or nondeterministic (case skipped)."""
+    with torch.no_grad():
+        a = _flat(model(*inputs))
+        b = _flat(model(*inputs))
+    for x, y in zip(a, b):
+        if not torch.isfinite(x).all() or not torch.equal(x, y):
+            return None
+    return a
+
+
+def run_config(config: Config, model: torch.nn.Module, inputs: tuple, reference: tuple) -> None:
+    """Raise AssertionError (or the compiler's error) when the oracle does not hold."""
+    cm = autoglm.compile(model, inputs, passes=config.passes, devices=["cpu"] * config.devices,
+                         verify=config.exact)
+    with torch.no_grad():
+        got = _flat(cm(*inputs))
+    if config.exact:
+        assert len(got) == len(reference), f"{len(got)} outputs, expected {len(reference)}"
+        for g, r in zip(got, reference):
+            torch.testing.assert_close(g, r)
+    else:
+        s = sqnr_db(reference, got)
+        assert s >= config.min_sqnr_db, f"SQNR {s:.1f} dB < {config.min_sqnr_db} dB"
+    if config.onnx:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            cm.export_onnx(path)
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)}
+            outs = sess.run(None, feeds)
+        assert len(outs) == len(reference)
+        for o, r in zip(outs, reference):
+            torch.testing.assert_close(torch.from_numpy(o), r, rtol=1e-3, atol=1e-5)
