@@ -46,6 +46,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     measure: bool = False,
     backend: str = "fx",
     backend_options: dict[str, Any] | None = None,
+    max_plans: int = 64,
+    on_limit: str = "eager",
 ) -> CompiledModel:
     """Capture ``model``, run ``passes`` over its graph and return a drop-in callable.
 
@@ -55,6 +57,9 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     ``verify=True`` checks the outputs against the pre-pass graph after every pass.
     ``backend``: ``"fx"`` runs the rewritten graph in PyTorch (multi-device when
     partitioned); ``"onnxruntime"`` exports it and runs an InferenceSession.
+    Models with data-dependent branches return an ``autoglm.program.Program``
+    that compiles one path per outcome sequence, at most ``max_plans`` of them,
+    then follows ``on_limit`` (``"eager"`` or ``"error"``); see docs/dynamic_graphs.md.
     """
     if backend not in ("fx", "onnxruntime"):
         raise ValueError(f"backend must be 'fx' or 'onnxruntime', got {backend!r}")
@@ -66,10 +71,19 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     was_training = model.training
     model.eval()
     try:
-        captured = capture(model, args, kwargs, frontend=frontend)
+        captured = capture(model, args, kwargs, frontend=frontend, branches=backend == "fx")
     finally:
         model.train(was_training)
     timings["capture_s"] = time.perf_counter() - t0
+    if captured.frontend == "branching":  # data-dependent control flow: one graph per path
+        from autoglm.program import compile_program
+
+        program = compile_program(model, captured, pipeline, devices, verify=verify, cost=cost, measure=measure,
+                                  max_plans=max_plans, on_limit=on_limit, timings=timings,
+                                  allow_fallback=frontend == "auto")
+        if program is not None:
+            return program
+        captured = capture(model, args, kwargs, frontend="export")  # the branching trace failed otherwise
     gm = captured.graph_module
     t0 = time.perf_counter()
     cost_model = CostModel(cost)
@@ -119,6 +133,7 @@ def load(path: str | os.PathLike) -> CompiledModel:
     gm, sig, inputs, config = load_artifact(path)
     with torch.no_grad():
         annotate(gm, inputs)
+    CostModel("analytic").annotate_costs(gm)  # the report and plan read cost_s
     ctx = PassContext(inputs, devices=list(config.get("devices", ["cpu"])))
     if any(n.meta.get("autoglm") is not None and n.meta["autoglm"].partition is not None for n in gm.graph.nodes):
         ctx.properties.add("partitioned")

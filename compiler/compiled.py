@@ -95,10 +95,11 @@ class CompiledModel:
         save_artifact(path, self.graph_module, self.signature, self.example_inputs, self.config,
                       extra={"frontend": self.frontend, "records": records})
 
-    def report(self, path: str | os.PathLike) -> None:
+    def report(self, path: str | os.PathLike, extra: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Write the HTML report and its JSON twin; ``extra``: e.g. ``autoglm.report.measure_against_eager``."""
         from autoglm.report import write_report
 
-        write_report(self, path)
+        return write_report(self, path, extra=extra, **kwargs)
 
     def export_onnx(self, path: str | os.PathLike, **kwargs: Any) -> Any:
         from autoglm.onnx_export import export_onnx

@@ -1,0 +1,90 @@
+"""Self-contained HTML reports with a JSON twin.
+
+    cm.report("build/report.html")        # also writes build/report.json
+    from autoglm.report import write_report, measure_against_eager
+    write_report(cm, "report.html", extra=measure_against_eager(cm, model))
+
+Modules: ``data`` collects the facts (the JSON twin), ``views`` collapses the
+graph by module path, ``layout`` places boxes (Graphviz ``dot`` or pure
+Python), ``svg`` draws the views, ``charts`` the bar charts, ``html`` the page,
+``measure`` the optional eager comparison. See docs/report.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from autoglm.report.data import build_report_data
+from autoglm.report.measure import measure_against_eager
+
+__all__ = ["write_report", "build_report_data", "render_report", "measure_against_eager", "ReportError",
+           "json_twin_path"]
+
+
+class ReportError(ValueError):
+    """The report cannot be written where it was asked to go."""
+
+
+def json_twin_path(path: str | os.PathLike) -> Path:
+    """``report.html`` -> ``report.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def render_report(cm: Any, extra: dict[str, Any] | None = None, layout: str = "auto") -> tuple[str, dict[str, Any]]:
+    """The page's HTML text and its data dict, without writing anything."""
+    from autoglm.report.html import render_page
+    from autoglm.report.svg import render_views
+
+    data = build_report_data(cm, extra)
+    svgs, engine = render_views(data, layout)
+    data["graph"]["layout_engine"] = engine
+    return render_page(data, svgs, engine), data
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(cm: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None, *,
+                 layout: str = "auto") -> Path:
+    """Write ``path`` (HTML) and its JSON twin beside it; returns the HTML path.
+
+    ``extra``: measurements the compiled model cannot take alone, e.g.
+    ``measure_against_eager(cm, model)`` (keys ``latency``, ``accuracy``; any other
+    key is shown under "Other measurements"). ``layout``: ``"auto"`` (Graphviz
+    ``dot`` when installed, else pure Python), ``"dot"`` or ``"python"``.
+    Both files are written to temporary names and renamed into place.
+    """
+    if not hasattr(cm, "graph_module") or not hasattr(cm, "records"):
+        raise TypeError(f"write_report needs a CompiledModel (from autoglm.compile/load), got {type(cm).__name__}")
+    target = Path(path)
+    if target.is_dir():
+        raise ReportError(f"report path {target} is a directory; give a file name such as {target / 'report.html'}")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra must be a dict of measurements (e.g. from measure_against_eager), got "
+                        f"{type(extra).__name__}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    page, data = render_report(cm, extra, layout)
+    twin = json_twin_path(target)
+    if twin == target:
+        raise ReportError(f"report path {target} ends in .json; give an .html path (the JSON twin goes beside it)")
+    _atomic_write(twin, json.dumps(data, indent=1, allow_nan=False))
+    _atomic_write(target, page)
+    return target
