@@ -2,9 +2,21 @@
 
 Analytic: ``max(flops / peak_flops, bytes / bandwidth) + dispatch`` with this
 machine's peak GEMM rate and memory bandwidth, measured once and cached on disk
-(``$AUTOGLM_CACHE`` or ``~/.cache/autoglm/machine.json``); pass ``MachineProfile``
-to override. Measured: the node's median latency on its real inputs, cached by
-(op, shapes, dtype, device) so identical layers are timed once.
+(``$AUTOGLM_CACHE`` or ``~/.cache/autoglm/machine-<threads>t.json``); pass a
+``MachineProfile`` to override. Measured: the node's median latency on its real
+inputs, cached by (op, shapes, dtype, device, threads) so identical layers are
+timed once.
+
+What the roofline counts as bytes (the annotator records every tensor a node
+touches, which over-counts some ops):
+
+- pure views (view, transpose, permute, ...) move nothing: dispatch cost only;
+- an embedding gathers rows: it reads indices and the rows it returns, not the
+  whole table;
+- nodes that produce no tensor (``x.shape``, ``getitem`` on a tuple of ints)
+  cost one Python operation;
+- a fused submodule (``split_merge``) costs the sum of the nodes it holds, so
+  merging changes how work is grouped, not how much there is.
 """
 from __future__ import annotations
 
@@ -19,9 +31,10 @@ from typing import Any, Literal, Sequence
 import torch
 import torch.fx as fx
 
-from autoglm.ir.meta import annotation, iter_compute_nodes
+from autoglm.ir.meta import annotation, has_annotation, iter_compute_nodes, output_specs
+from autoglm.ir.ops import OpKind, op_kind
 
-__all__ = ["MachineProfile", "CostModel", "measure_machine", "machine_profile"]
+__all__ = ["MachineProfile", "CostModel", "CostKind", "measure_machine", "machine_profile"]
 
 CostKind = Literal["analytic", "measured"]
 
@@ -32,6 +45,7 @@ class MachineProfile:
     bandwidth: float  # bytes/s of a large copy
     dispatch_s: float  # fixed cost of launching one op from Python
     threads: int
+    python_op_s: float = 1e-7  # a plain Python operation (getattr, getitem on a tuple)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,11 +71,14 @@ def measure_machine(repeats: int = 5) -> MachineProfile:
     copy = _median_time(lambda: dst.copy_(big), repeats)
     tiny = torch.randn(4)
     dispatch = _median_time(lambda: [torch.add(tiny, tiny) for _ in range(100)], repeats) / 100
+    shape = (2, 16, 64)
+    python_op = _median_time(lambda: [shape[1] for _ in range(1000)], repeats) / 1000
     return MachineProfile(
         peak_flops=2 * n**3 / gemm,
         bandwidth=2 * big.numel() * 4 / copy,
         dispatch_s=dispatch,
         threads=torch.get_num_threads(),
+        python_op_s=python_op,
     )
 
 
@@ -116,11 +133,35 @@ class CostModel:
         return self._profile
 
     def analytic(self, node: fx.Node) -> float:
-        ann = annotation(node)
+        """Roofline seconds for one node from its annotation (0 for non-compute nodes)."""
         if node.op not in ("call_function", "call_method", "call_module"):
             return 0.0
         p = self.profile
-        return max(ann.flops / p.peak_flops, ann.bytes_moved / p.bandwidth) + p.dispatch_s
+        if not output_specs(node):
+            return p.python_op_s  # shape arithmetic and tuple access: no tensor work
+        if _is_pure_view(node):
+            return p.dispatch_s
+        gm = node.graph.owning_module
+        kind = op_kind(node, gm) if gm is not None else OpKind.OTHER
+        if node.op == "call_module" and gm is not None:
+            inner = _fused_graph(node, gm)
+            if inner is not None:
+                return self._fused(node, inner)
+        ann = annotation(node)
+        moved = ann.bytes_moved
+        if kind == OpKind.EMBEDDING:
+            # A lookup touches the indices and the rows it returns, not the whole table.
+            moved = 2 * ann.bytes_written + _index_bytes(node)
+        return max(ann.flops / p.peak_flops, moved / p.bandwidth) + p.dispatch_s
+
+    def _fused(self, node: fx.Node, inner: fx.GraphModule) -> float:
+        """A fused submodule costs what its nodes cost (their annotations survive the merge)."""
+        nodes = list(iter_compute_nodes(inner.graph))
+        if nodes and all(has_annotation(n) and annotation(n).outputs for n in nodes):
+            return sum(self.analytic(n) for n in nodes) + self.profile.dispatch_s
+        ann = annotation(node)  # loaded from disk: inner facts are gone, use the module's totals
+        p = self.profile
+        return max(ann.flops / p.peak_flops, ann.bytes_moved / p.bandwidth) + p.dispatch_s * (len(nodes) + 1)
 
     def node_cost(self, node: fx.Node) -> float:
         ann = annotation(node)
@@ -129,10 +170,13 @@ class CostModel:
         return self.analytic(node)
 
     def annotate_costs(self, gm: fx.GraphModule, example_inputs: Sequence[Any] | None = None) -> None:
-        """Write ``cost_s`` on every node (measuring first when ``kind="measured"``)."""
-        if self.kind == "measured":
-            if example_inputs is None:
-                raise ValueError("measured cost needs example inputs")
+        """Write ``cost_s`` on every node.
+
+        With ``kind="measured"`` and ``example_inputs``, nodes are timed first (cached);
+        without inputs, latencies already on the nodes are used and nodes never timed
+        fall back to the analytic estimate.
+        """
+        if self.kind == "measured" and example_inputs is not None:
             self.measure(gm, example_inputs)
         for node in gm.graph.nodes:
             annotation(node).cost_s = self.node_cost(node)
@@ -153,13 +197,52 @@ class CostModel:
     def total(self, gm: fx.GraphModule) -> float:
         return sum(self.node_cost(n) for n in iter_compute_nodes(gm.graph))
 
+    def node_costs(self, gm: fx.GraphModule) -> dict[fx.Node, float]:
+        """Seconds for every compute node, in graph order."""
+        return {n: self.node_cost(n) for n in iter_compute_nodes(gm.graph)}
+
+
+# Ops that return a view of their input: no bytes move. reshape/flatten/contiguous
+# may copy (after a transpose they do), so they keep their byte count.
+_PURE_VIEW_TARGETS = {"view", "transpose", "permute", "expand", "unsqueeze", "squeeze", "t", "unflatten"}
+
+
+def _is_pure_view(node: fx.Node) -> bool:
+    target = node.target
+    if node.op == "call_module":
+        return False
+    if node.op == "call_method":
+        name = str(target)
+    else:
+        name = getattr(target, "_opname", None) or getattr(target, "__name__", "")
+    return name in _PURE_VIEW_TARGETS
+
+
+def _index_bytes(node: fx.Node) -> int:
+    total = 0
+    for a in node.all_input_nodes:
+        for spec in output_specs(a):
+            if not spec.dtype.is_floating_point:
+                total += spec.nbytes
+    return total
+
+
+def _fused_graph(node: fx.Node, gm: fx.GraphModule) -> fx.GraphModule | None:
+    try:
+        mod = gm.get_submodule(str(node.target))
+    except AttributeError:
+        return None
+    return mod if isinstance(mod, fx.GraphModule) else None
+
 
 def _measure_key(n: fx.Node, gm: fx.GraphModule, args: Any, kwargs: Any) -> tuple:
     from torch.utils._pytree import tree_flatten
 
     if n.op == "call_module":
         mod = gm.get_submodule(str(n.target))
-        op = (type(mod).__qualname__, getattr(mod, "extra_repr", lambda: "")())
+        # Fused submodules share a class name; their code tells them apart.
+        detail = mod.code if isinstance(mod, fx.GraphModule) else getattr(mod, "extra_repr", lambda: "")()
+        op = (type(mod).__qualname__, detail)
     else:
         op = (n.op, str(n.target))
     leaves, _ = tree_flatten((args, kwargs))
@@ -167,4 +250,4 @@ def _measure_key(n: fx.Node, gm: fx.GraphModule, args: Any, kwargs: Any) -> tupl
         (tuple(v.shape), str(v.dtype), str(v.device)) if isinstance(v, torch.Tensor) else repr(v)[:50]
         for v in leaves
     )
-    return (op, sig)
+    return (op, sig, torch.get_num_threads())

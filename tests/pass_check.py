@@ -20,9 +20,10 @@ from autoglm.pass_manager import PassManager, sqnr_db
 
 
 def capture_for_test(model: torch.nn.Module, inputs: tuple, devices: Sequence[str] = ("cpu",),
-                     kwargs: dict | None = None, calibration: Any = None) -> tuple[fx.GraphModule, PassContext]:
+                     kwargs: dict | None = None, calibration: Any = None,
+                     frontend: str = "auto") -> tuple[fx.GraphModule, PassContext]:
     model.eval()
-    cap = capture(model, inputs, kwargs or {})
+    cap = capture(model, inputs, kwargs or {}, frontend=frontend)
     gm = cap.graph_module
     annotate(gm, cap.flat_inputs)
     cost = CostModel("analytic")
@@ -49,9 +50,10 @@ def _flat(out: Any) -> tuple:
 
 def check_pass(p: GraphPass, model: torch.nn.Module, inputs: tuple, *, devices: Sequence[str] = ("cpu",),
                changed: Callable[[fx.GraphModule], bool] | None = None, expect_modified: bool = True,
-               min_sqnr_db: float | None = None, calibration: Any = None) -> fx.GraphModule:
+               min_sqnr_db: float | None = None, calibration: Any = None,
+               frontend: str = "auto") -> fx.GraphModule:
     """Run the shared checks; returns the rewritten graph module."""
-    gm, ctx = capture_for_test(model, inputs, devices, calibration=calibration)
+    gm, ctx = capture_for_test(model, inputs, devices, calibration=calibration, frontend=frontend)
     with torch.no_grad():
         eager = _flat(model(*inputs))
     before = gm.code

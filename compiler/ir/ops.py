@@ -25,6 +25,8 @@ __all__ = [
     "linear_view",
     "ConvView",
     "conv_view",
+    "MatmulView",
+    "matmul_view",
     "get_attr_value",
     "node_module",
 ]
@@ -264,3 +266,41 @@ def conv_view(node: fx.Node, gm: fx.GraphModule) -> ConvView | None:
         return ConvView(node, vals["input"], w, b, vals["stride"], vals["padding"], vals["dilation"],
                         int(vals["groups"]), None)
     return None
+
+
+@dataclass
+class MatmulView:
+    """A product of two computed tensors (``a @ b``) in any spelling: torch.matmul,
+    ``operator.matmul``, ``Tensor.matmul``, bmm, aten.matmul / aten.bmm."""
+
+    node: fx.Node
+    a: fx.Node
+    b: fx.Node
+    batched_only: bool  # bmm: both operands are exactly 3-D
+
+
+_BMM_TARGETS = {torch.bmm} | _overloads(aten.bmm)
+_MATMUL_TARGETS = {torch.matmul, operator.matmul} | _overloads(aten.matmul) | _BMM_TARGETS
+
+
+def matmul_view(node: fx.Node, gm: fx.GraphModule) -> MatmulView | None:
+    """Describe ``node`` as ``a @ b`` of two graph values, or return None."""
+    if node.op == "call_method" and node.target == "matmul":
+        pass
+    elif node.op == "call_function" and _hashable_in(node.target, _MATMUL_TARGETS):
+        pass
+    else:
+        return None
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+        return None
+    return MatmulView(node, a, b, _hashable_in(node.target, _BMM_TARGETS))
+
+
+def _hashable_in(target: Any, targets: set) -> bool:
+    try:
+        return target in targets
+    except TypeError:  # unhashable call target
+        return False
