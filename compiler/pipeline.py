@@ -30,7 +30,7 @@ def _default(devices: Sequence[str]) -> list[GraphPass]:
             continue
         if name in _MULTI_DEVICE_ONLY and len(devices) < 2:
             continue
-        opts: dict[str, Any] = {"k": len(devices)} if name == "partition" else {}
+        opts: dict[str, Any] = {"k": len(devices), "fewer_ok": True} if name == "partition" else {}
         out.append(build_pass(REGISTRY, name, opts))
     return out
 

@@ -17,14 +17,19 @@ from autoglm.capture.errors import CaptureError, user_frame
 __all__ = ["AutoglmTracer", "symbolic_capture"]
 
 
+# Where the modules our passes create live; models shipped in autoglm (the demo)
+# are ordinary models and are traced through.
+_REWRITTEN_MODULE_PACKAGES = ("autoglm.ir.", "autoglm.passes.", "autoglm.runtime.")
+
+
 class AutoglmTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if type(m).__module__.startswith("autoglm."):
-            return True  # our own rewritten modules (fused, quantized) stay opaque
+        if type(m).__module__.startswith(_REWRITTEN_MODULE_PACKAGES):
+            return True  # our own rewritten modules (fused, quantized, sparse) stay opaque
         return super().is_leaf_module(m, module_qualified_name)
 
     def to_bool(self, obj: fx.Proxy) -> bool:

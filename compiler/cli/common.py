@@ -1,0 +1,240 @@
+"""What every subcommand shares: errors, console output, atomic outputs, input loading.
+
+Outputs are staged in hidden temporary folders next to their destination and
+renamed into place only once everything a command writes is complete, so a
+failure (or Ctrl-C) never leaves a half-written artifact, report or file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+import torch
+
+__all__ = ["CliError", "UsageError", "Console", "OutputPlan", "one_line", "describe_tensors",
+           "check_inputs_match", "load_compiled"]
+
+
+class CliError(Exception):
+    """A failure to report as one line with exit status 1 (bad input, failed step)."""
+
+
+class UsageError(CliError):
+    """The command line itself is wrong (exit status 2)."""
+
+
+def one_line(exc: BaseException | str) -> str:
+    """Multi-line messages (capture errors list each frontend) folded into one line."""
+    text = exc if isinstance(exc, str) else str(exc)
+    parts = [p.strip() for p in text.strip().splitlines() if p.strip()]
+    if not parts:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return "; ".join(parts)
+
+
+class Console:
+    """Progress and warnings on stderr; results on stdout (JSON with ``--json``)."""
+
+    def __init__(self, quiet: bool = False, json_mode: bool = False, out: TextIO | None = None,
+                 err: TextIO | None = None):
+        self.quiet = quiet
+        self.json_mode = json_mode
+        self._out = out
+        self._err = err
+        self._seen_warnings: set[str] = set()
+
+    @property
+    def out(self) -> TextIO:
+        return self._out or sys.stdout
+
+    @property
+    def err(self) -> TextIO:
+        return self._err or sys.stderr
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"autoglm: {msg}", file=self.err, flush=True)
+
+    def warn(self, msg: str) -> None:
+        line = one_line(msg)
+        if line not in self._seen_warnings:
+            self._seen_warnings.add(line)
+            print(f"autoglm: warning: {line}", file=self.err, flush=True)
+
+    def error(self, msg: str) -> None:
+        print(f"autoglm: error: {one_line(msg)}", file=self.err, flush=True)
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        """One line when a long step starts and one with its time when it ends."""
+        self.info(f"{label} ...")
+        t0 = time.perf_counter()
+        yield
+        self.info(f"{label}: done in {time.perf_counter() - t0:.2f} s")
+
+    def result(self, text: str, data: dict[str, Any]) -> None:
+        if self.json_mode:
+            print(json.dumps(data, indent=2, default=str), file=self.out, flush=True)
+        elif text:
+            print(text, file=self.out, flush=True)
+
+    @contextmanager
+    def routed_warnings(self) -> Iterator[None]:
+        """Python warnings become one ``autoglm: warning:`` line each (shown once, not with --quiet)."""
+        def show(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+            if not self.quiet:
+                self.warn(f"{category.__name__}: {message}")
+
+        with warnings.catch_warnings():  # keeps Python's filters (DeprecationWarnings stay hidden)
+            warnings.showwarning = show  # type: ignore[assignment]
+            yield
+
+
+def _nearest_existing(path: Path) -> Path:
+    cur = path
+    while not cur.exists():
+        if cur.parent == cur:
+            break
+        cur = cur.parent
+    return cur
+
+
+class OutputPlan:
+    """Stage every output of a command; ``commit()`` renames them into place.
+
+    ``directory(final)`` and ``file(final)`` return staged paths to write to. A file
+    planned inside a planned directory is written into that directory's staging
+    copy, so it lands together with it.
+    """
+
+    def __init__(self) -> None:
+        self._dirs: dict[Path, Path] = {}  # final -> staged
+        self._files: dict[Path, Path] = {}  # final -> staged temp folder holding it
+        self._temps: list[Path] = []
+
+    def _stage_root(self, final: Path, what: str) -> Path:
+        anchor = _nearest_existing(final.parent)
+        if not anchor.is_dir():
+            raise CliError(f"cannot write {what} {final}: {anchor} is a file, not a folder")
+        if not os.access(anchor, os.W_OK | os.X_OK):
+            raise CliError(f"cannot write {what} {final}: {anchor} is not writable")
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.autoglm-tmp-", dir=anchor))
+        except OSError as exc:
+            raise CliError(f"cannot write {what} {final}: {exc.strerror or exc}") from exc
+        self._temps.append(tmp)
+        return tmp
+
+    def directory(self, final: str | os.PathLike, what: str = "output folder") -> Path:
+        final = Path(final).absolute()
+        if final.exists() and not final.is_dir():
+            raise CliError(f"{what} {final} exists and is a file; choose a folder path")
+        if final.is_dir() and any(final.iterdir()) and not (final / "graph.json").exists():
+            raise CliError(f"{what} {final} exists and is not an autoglm artifact; refusing to replace it "
+                           "(choose an empty or new folder)")
+        staged = self._stage_root(final, what) / final.name
+        self._dirs[final] = staged
+        return staged
+
+    def file(self, final: str | os.PathLike, what: str = "output file") -> Path:
+        final = Path(final).absolute()
+        if final.is_dir():
+            raise CliError(f"{what} {final} is a folder; give a file path")
+        for d, staged in self._dirs.items():
+            if d in final.parents:
+                target = staged / final.relative_to(d)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                return target
+        tmp = self._stage_root(final, what)
+        self._files[final] = tmp
+        return tmp / final.name
+
+    def commit(self) -> None:
+        for final, staged in self._dirs.items():
+            if not staged.exists():
+                raise CliError(f"internal: {final} was planned but never written")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                backup = final.with_name(f".{final.name}.autoglm-old")
+                shutil.rmtree(backup, ignore_errors=True)
+                final.rename(backup)
+                staged.rename(final)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                staged.rename(final)
+        for final, tmp in self._files.items():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            for entry in tmp.iterdir():  # the file plus any sidecars (JSON twin, ONNX external data)
+                dest = final.parent / entry.name
+                if entry.is_dir() and dest.is_dir():
+                    shutil.rmtree(dest)
+                os.replace(entry, dest)
+
+    def cleanup(self) -> None:
+        for tmp in self._temps:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def __enter__(self) -> "OutputPlan":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+        finally:
+            self.cleanup()
+
+
+def describe_tensors(tensors: Any) -> str:
+    out = []
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            out.append(f"{str(t.dtype).replace('torch.', '')}[{'x'.join(map(str, t.shape))}]")
+        else:
+            out.append(type(t).__name__)
+    return ", ".join(out)
+
+
+def check_inputs_match(cm: Any, args: tuple, kwargs: dict) -> None:
+    """Compiled graphs are shape-specialised: say so clearly instead of failing inside the graph."""
+    try:
+        flat = cm.signature.flatten_inputs(args, kwargs)
+    except TypeError as exc:
+        raise CliError(f"inputs do not match the compiled model: {exc}") from exc
+    expected = cm.example_inputs
+    if len(flat) != len(expected):
+        raise CliError(f"the compiled model takes {len(expected)} tensors ({describe_tensors(expected)}), "
+                       f"got {len(flat)} ({describe_tensors(flat)})")
+    for i, (got, want) in enumerate(zip(flat, expected)):
+        if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or got.shape != want.shape:
+            raise CliError(f"input {i}: the model was compiled for {describe_tensors([want])}, got "
+                           f"{describe_tensors([got])}; compile again with inputs of this shape/dtype")
+
+
+def load_compiled(path: str | os.PathLike) -> Any:
+    """``autoglm.load`` with the artifact errors turned into one-line CLI errors."""
+    import autoglm
+
+    p = Path(path)
+    if not p.exists():
+        raise CliError(f"artifact folder {p} does not exist")
+    if not p.is_dir():
+        raise CliError(f"{p} is a file; expected an artifact folder written by autoglm compile --out")
+    from autoglm.artifacts import ArtifactError
+    from autoglm.graph_io import UnsafeArtifactError
+
+    try:
+        return autoglm.load(p)
+    except (ArtifactError, UnsafeArtifactError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged artifact fails in many ways
+        raise CliError(f"cannot load artifact {p}: {type(exc).__name__}: {one_line(exc)}") from exc

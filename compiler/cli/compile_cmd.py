@@ -1,0 +1,203 @@
+"""``autoglm compile`` and ``autoglm demo``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_leaves
+
+from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, one_line
+from autoglm.config_file import CompileConfig, apply_overrides, load_config, passes_from_value
+from autoglm.model_loading import ExampleInputs, load_example_inputs, load_model
+
+__all__ = ["add_parser", "add_demo_parser", "run", "run_demo", "compile_to_dir"]
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("compile", parents=parents, help="compile a saved model into an artifact folder",
+                       description="Capture MODEL, run a pass pipeline over its graph, and write an artifact.")
+    p.add_argument("model", metavar="MODEL", help=".pt2 (torch.export.save) or a .safetensors/.pt state dict")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--passes", metavar="SPEC", help="pass spec, e.g. 'dce,partition(k=2)'; 'default' or 'none'")
+    how.add_argument("--config", metavar="FILE", help="TOML/YAML/JSON config (same pass names and options)")
+    p.add_argument("--set", metavar="PASS.OPTION=VALUE", action="append", default=[], dest="sets",
+                   help="override a pass option or setting (repeatable; applied last)")
+    p.add_argument("--example-inputs", metavar="FILE", help="inputs as .pt (tensors only), .npz or .safetensors; "
+                   "defaults to the inputs saved in a .pt2 archive")
+    p.add_argument("--out", metavar="DIR", required=True, help="artifact folder to write (atomically)")
+    p.add_argument("--report", metavar="FILE", help="also write the HTML report here")
+    p.add_argument("--devices", metavar="LIST", help="comma-separated devices for partitions, e.g. cpu,cpu")
+    p.add_argument("--frontend", choices=["auto", "symbolic", "export"], help="capture frontend (default auto)")
+    p.add_argument("--verify", action="store_true", help="check outputs against eager after every pass")
+    _add_loading_flags(p)
+    p.set_defaults(handler=run)
+
+
+def _add_loading_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", dest="factory", metavar="PKG.MODULE:FACTORY",
+                   help="function that builds the model a state dict is loaded into")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow whole-module pickles and TorchScript (runs code from the file)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="compile weights containing NaN/Inf (warns)")
+
+
+def add_demo_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", parents=parents, help="compile the built-in small transformer end to end",
+                       description="Compile the built-in example model with the default passes on two CPU "
+                                   "devices; write the artifact and the report.")
+    p.add_argument("--out", metavar="DIR", default="autoglm-demo", help="artifact folder (default ./autoglm-demo)")
+    p.add_argument("--devices", metavar="LIST", default="cpu,cpu", help="devices (default cpu,cpu)")
+    p.set_defaults(handler=run_demo)
+
+
+def _devices(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not devices:
+        raise UsageError("--devices must list at least one device, e.g. --devices cpu,cpu")
+    for d in devices:
+        try:
+            torch.device(d)
+        except (RuntimeError, ValueError) as exc:
+            raise UsageError(f"--devices: {d!r} is not a torch device ({one_line(exc)})") from exc
+    return devices
+
+
+def _config_from_args(args: argparse.Namespace) -> CompileConfig:
+    cfg = load_config(args.config) if args.config else CompileConfig(source="command line")
+    if args.passes is not None:
+        cfg.passes = passes_from_value(args.passes, "--passes")
+    devices = _devices(args.devices)
+    if devices:
+        cfg.devices = devices
+    if args.frontend:
+        cfg.frontend = args.frontend
+    if args.verify:
+        cfg.verify = True
+    return apply_overrides(cfg, args.sets)
+
+
+def _report_writer() -> Callable[[Any, Path], None]:
+    try:
+        from autoglm.report import write_report
+    except ImportError as exc:
+        raise CliError("--report needs autoglm.report.write_report, which this build does not have; "
+                       "compile without --report") from exc
+    return write_report
+
+
+def _check_runs(model: nn.Module, inputs: ExampleInputs) -> None:
+    """Run the model once eagerly so input mistakes surface as such, not as capture failures."""
+    try:
+        with torch.no_grad():
+            model(*inputs.args, **inputs.kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever the user's model raises
+        raise CliError(f"the model fails on the example inputs ({inputs.describe()}): "
+                       f"{type(exc).__name__}: {one_line(exc)}") from exc
+
+
+def _max_abs_diff(a: Any, b: Any) -> float | None:
+    la = [t for t in tree_leaves(a) if isinstance(t, torch.Tensor)]
+    lb = [t for t in tree_leaves(b) if isinstance(t, torch.Tensor)]
+    if len(la) != len(lb) or not la:
+        return None
+    diffs = [float((x.double() - y.double()).abs().max()) for x, y in zip(la, lb)
+             if x.shape == y.shape and x.numel() and x.is_floating_point()]
+    return max(diffs) if diffs else 0.0
+
+
+def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, out: str, report: str | None,
+                   console: Console, source: dict[str, Any]) -> dict[str, Any]:
+    """Compile, check against eager, write artifact (+ report) atomically; return the result record."""
+    import autoglm
+
+    pipeline = cfg.build_pipeline()  # bad names/options fail before any work
+    writer = _report_writer() if report else None
+    with OutputPlan() as plan:
+        staged_out = plan.directory(out, "--out folder")
+        staged_report = plan.file(report, "--report file") if report else None
+        _check_runs(model, inputs)
+        names = ", ".join(p.name for p in pipeline) or "none"
+        with console.step(f"compiling: capture, annotate, passes [{names}]"):
+            cm = autoglm.compile(model, inputs.as_call(), passes=pipeline, devices=cfg.devices,
+                                 frontend=cfg.frontend, verify=cfg.verify, cost=cfg.cost, backend=cfg.backend)
+        for r in cm.records:
+            console.info(f"  pass {r.spec}: {r.wall_s:.2f} s, nodes {r.nodes_before} -> {r.nodes_after}"
+                         + ("" if r.modified else " (no change)"))
+        with torch.no_grad():
+            diff = _max_abs_diff(cm(*inputs.args, **inputs.kwargs), model(*inputs.args, **inputs.kwargs))
+        cm.config["effective_config"] = cfg.effective(pipeline)
+        cm.config["source"] = source
+        with console.step(f"writing {out}"):
+            cm.save(staged_out)
+        if writer is not None and staged_report is not None:
+            with console.step(f"writing report {report}"):
+                writer(cm, staged_report)
+    result = {
+        "ok": True, "out": str(Path(out).absolute()), "report": str(Path(report).absolute()) if report else None,
+        "frontend": cm.frontend, "devices": cfg.devices or ["cpu"], "nodes": len(cm.graph_module.graph.nodes),
+        "passes": [dataclasses.asdict(r) for r in cm.records], "max_abs_diff_vs_eager": diff,
+        "timings": cm.notes.get("timings", {}), "effective_config": cm.config["effective_config"],
+    }
+    return result
+
+
+def _human(result: dict[str, Any], model: str) -> str:
+    lines = [f"compiled {model} -> {result['out']} ({result['frontend']} frontend, {result['nodes']} nodes, "
+             f"devices {','.join(result['devices'])})"]
+    if result["max_abs_diff_vs_eager"] is not None:
+        lines.append(f"outputs vs eager: max abs diff {result['max_abs_diff_vs_eager']:.3g}")
+    if result["report"]:
+        lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
+
+
+def _inputs_for(args: argparse.Namespace, loaded: Any) -> ExampleInputs:
+    if loaded.example_inputs is not None:
+        return loaded.example_inputs
+    raise UsageError(f"--example-inputs FILE is required: {args.model} carries no example inputs")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    cfg = _config_from_args(args)
+    cfg.build_pipeline()  # fail fast on pass names/options, before loading anything
+    given = load_example_inputs(args.example_inputs) if args.example_inputs else None  # cheap: check first
+    with console.step(f"loading {args.model}"):
+        loaded = load_model(args.model, factory=args.factory, trust_remote_code=args.trust_remote_code,
+                            allow_nonfinite=args.allow_nonfinite)
+    for w in loaded.warnings:
+        console.warn(f"{args.model}: {w}")
+    inputs = given or _inputs_for(args, loaded)
+    console.info(f"example inputs: {inputs.describe()}")
+    source = {"model": str(args.model), "kind": loaded.kind, "example_inputs": args.example_inputs,
+              "factory": args.factory, "config_file": args.config, "overrides": list(args.sets)}
+    result = compile_to_dir(loaded.module, inputs, cfg, args.out, args.report, console, source)
+    console.result(_human(result, args.model), result)
+    return 0
+
+
+def run_demo(args: argparse.Namespace, console: Console) -> int:
+    from autoglm.demo_models import small_transformer
+
+    devices = _devices(args.devices) or ["cpu", "cpu"]
+    model, example = small_transformer()
+    cfg = CompileConfig(passes="default", devices=devices, source="autoglm demo")
+    try:
+        _report_writer()
+        report: str | None = str(Path(args.out) / "report.html")
+    except CliError:
+        report = None
+        console.warn("report skipped: autoglm.report.write_report is not available in this build")
+    inputs = ExampleInputs(tuple(example), {})
+    source = {"model": "autoglm.demo_models:small_transformer", "kind": "demo"}
+    result = compile_to_dir(model, inputs, cfg, args.out, report, console, source)
+    text = _human(result, "the demo transformer (autoglm.demo_models.small_transformer)")
+    text += (f"\nnext: autoglm inspect {args.out}   autoglm run {args.out} --inputs {args.out}/"
+             "example_inputs.safetensors")
+    console.result(text, result)
+    return 0

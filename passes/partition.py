@@ -1,0 +1,198 @@
+"""Cut the graph into exactly K balanced, loop-free partitions (one per device or stage).
+
+    before:  x -> lin1 -> relu -> lin2 -> relu -> lin3 -> out
+    after:   same graph; annotation(node).partition:
+             x:0  lin1:0 relu:0 | lin2:1 relu:1 | lin3:1    (k=2)
+
+The graph itself is unchanged: the pass writes ``annotation(node).partition``
+on every compute node (placeholders and ``get_attr`` take the partition of
+their first reader) and leaves the plan in ``ctx.notes["partition"]["plan"]``
+(``CompiledModel.plan``). The executors (``autoglm.runtime.local``,
+``autoglm.runtime.pipeline``) read the annotations.
+
+``method="louvain"`` (default): Louvain communities on the op graph weighted by
+bytes, refined into K parts (``partition_refine.py`` explains the steps).
+``method="metis"`` and ``method="even"`` are the baselines
+(``partition_baselines.py``). ``balance`` is the allowed max/mean partition
+cost; when a single unit is heavier than that allows, the cap rises to the
+smallest feasible one. ``contiguous=True`` measures cut bytes as a pipeline
+chain does (a value skipping a stage is forwarded through it).
+
+``modified`` is True when any node's partition changed: the code does not
+change, only the annotations the executor reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch.fx as fx
+
+from autoglm.ir.meta import annotation
+from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
+from autoglm.passes.partition_baselines import even_partition, fill_empty_parts, has_loop, metis_partition
+from autoglm.passes.partition_refine import (UnitGraph, build_unit_graph, cut_bytes, cut_sequence, forwarded_bytes,
+                                             louvain_order, part_costs, refine_moves)
+
+__all__ = ["Partition", "PartitionOptions", "PartitionPlan", "PartitionInfo", "PartitionError"]
+
+_METHODS = ("louvain", "metis", "even")
+
+
+class PartitionError(ValueError):
+    """The graph cannot be cut as asked (more parts than units, bad option)."""
+
+
+@dataclass
+class PartitionOptions:
+    k: int = 2
+    method: str = "louvain"  # louvain | metis | even
+    resolution: float = 1.0  # Louvain resolution: higher -> more, smaller communities
+    contiguous: bool = False  # pipeline chain: count forwarded bytes, move only between neighbours
+    seed: int = 0
+    balance: float = 1.10  # allowed max partition cost / mean partition cost
+    # A graph with fewer placeable units than k: one part per unit instead of an
+    # error. The default pipeline sets it so a tiny model on many devices compiles.
+    fewer_ok: bool = False
+
+
+@dataclass
+class PartitionInfo:
+    index: int
+    nodes: list[str]
+    cost_s: float
+    param_bytes: int
+    bytes_in: int  # bytes this partition receives from other partitions
+    bytes_out: int  # bytes it sends (each value once per receiving partition)
+    depends_on: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PartitionPlan:
+    method: str
+    k: int
+    contiguous: bool
+    parts: list[PartitionInfo]
+    cut_bytes: int  # bytes sent between partitions, each value once per reader partition
+    forwarded_bytes: int  # bytes over a chain of stages (what a pipeline moves)
+    imbalance: float  # max partition cost / mean
+    loop_free: bool
+    louvain_communities: int | None = None
+    communities_after_loop_merge: int | None = None
+    metis_raw_loop_free: bool | None = None  # METIS before repair
+    order: str | None = None  # louvain: which node order the DP cut ("louvain" communities or "graph")
+    time_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        rows = [f"{self.method} k={self.k}: cut {self.cut_bytes:,} B, imbalance {self.imbalance:.3f}, "
+                f"{self.time_s * 1e3:.1f} ms"]
+        for p in self.parts:
+            rows.append(f"  part {p.index}: {len(p.nodes)} nodes, {p.cost_s * 1e3:.3f} ms, "
+                        f"params {p.param_bytes:,} B, in {p.bytes_in:,} B, out {p.bytes_out:,} B, "
+                        f"after {p.depends_on}")
+        return "\n".join(rows)
+
+
+def _partition_units(ug: UnitGraph, o: PartitionOptions) -> tuple[list[int], dict[str, Any]]:
+    extra: dict[str, Any] = {}
+    if o.method == "even":
+        return even_partition(ug, o.k), extra
+    if o.method == "metis":
+        part, raw_ok = metis_partition(ug, o.k)
+        extra["metis_raw_loop_free"] = raw_ok
+        return part, extra
+    seq, ncom, nmerged = louvain_order(ug, o.resolution, o.seed)
+    extra["louvain_communities"] = ncom
+    extra["communities_after_loop_merge"] = nmerged
+    # The DP can only cut the order it is given. Louvain's order groups communities
+    # (branches land in one part); the graph's own order keeps a chain of parallel
+    # branches intact when a community mixes early and late nodes. Cut both, keep the better.
+    metric = forwarded_bytes if o.contiguous else cut_bytes
+    best: tuple[int, list[int], str] | None = None
+    for name, order in (("louvain", seq), ("graph", list(range(ug.n)))):
+        part = cut_sequence(ug, order, o.k, o.balance)
+        # Local moves may fill a part up to the balance cap (or to what the DP needed, if more).
+        cap = max(o.balance * sum(max(c, 0.0) for c in ug.cost) / o.k, max(part_costs(ug, part, o.k)))
+        part = fill_empty_parts(ug, refine_moves(ug, part, o.k, cap, o.contiguous), o.k)
+        score = metric(ug, part)
+        if best is None or score < best[0]:
+            best = (score, part, name)
+    assert best is not None
+    extra["order"] = best[2]
+    return best[1], extra
+
+
+def _plan(gm: fx.GraphModule, ug: UnitGraph, part: list[int], o: PartitionOptions, node_part: dict[fx.Node, int],
+          extra: dict[str, Any], wall: float) -> PartitionPlan:
+    k = o.k
+    costs = part_costs(ug, part, k)
+    params = [0] * k
+    for u, p in enumerate(part):
+        params[p] += ug.param_bytes[u]
+    bytes_in, bytes_out = [0] * k, [0] * k
+    deps: list[set[int]] = [set() for _ in range(k)]
+    for src, nbytes, dsts in ug.values:
+        readers = {part[d] for d in dsts} - {part[src]}
+        bytes_out[part[src]] += nbytes * len(readers)
+        for q in readers:
+            bytes_in[q] += nbytes
+            deps[q].add(part[src])
+    names: list[list[str]] = [[] for _ in range(k)]
+    for n, p in node_part.items():
+        names[p].append(n.name)
+    mean = sum(costs) / k if k else 0.0
+    parts = [PartitionInfo(p, names[p], costs[p], params[p], bytes_in[p], bytes_out[p], sorted(deps[p]))
+             for p in range(k)]
+    return PartitionPlan(o.method, k, o.contiguous, parts, cut_bytes(ug, part), forwarded_bytes(ug, part),
+                         max(costs) / mean if mean > 0 else 1.0, not has_loop(ug, part, k), time_s=wall, **extra)
+
+
+class Partition(GraphPass):
+    name = "partition"
+    Options = PartitionOptions
+    exact = True
+    requires = ("annotated",)
+    ensures = ("partitioned",)
+    summary = "Louvain-based partitioning into K balanced loop-free parts (metis/even baselines)"
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        o: PartitionOptions = self.options
+        if o.method not in _METHODS:
+            raise PartitionError(f"partition: method must be one of {', '.join(_METHODS)}, got {o.method!r}")
+        if not isinstance(o.k, int) or o.k < 1:
+            raise PartitionError(f"partition: k must be a positive integer, got {o.k!r}")
+        if o.balance < 1.0:
+            raise PartitionError(f"partition: balance is max/mean partition cost and must be >= 1.0, got {o.balance}")
+        t0 = time.perf_counter()
+        node_cost = ctx.cost.node_cost if ctx.cost is not None else (lambda n: annotation(n).cost_s or 0.0)
+        ug = build_unit_graph(gm, node_cost)
+        if ug.n < o.k and o.fewer_ok:
+            o = dataclasses.replace(o, k=ug.n)
+        if ug.n < o.k:
+            raise PartitionError(f"partition: k={o.k} but the graph has only {ug.n} units that can be placed apart; "
+                                 f"use k <= {ug.n}")
+        part, extra = _partition_units(ug, o)
+        node_part = {n: part[u] for u, nodes in enumerate(ug.units) for n in nodes}
+        # Inputs and weights live where they are first read.
+        for n in gm.graph.nodes:
+            if n.op in ("placeholder", "get_attr"):
+                readers = [node_part[u] for u in n.users if u in node_part]
+                if readers:
+                    node_part[n] = min(readers)
+        wall = time.perf_counter() - t0
+        modified = False
+        for n in gm.graph.nodes:
+            want = node_part.get(n)
+            if annotation(n).partition != want:
+                annotation(n).partition = want
+                modified = True
+        plan = _plan(gm, ug, part, o, {n: p for n, p in node_part.items() if n.op not in ("placeholder", "get_attr")},
+                     extra, wall)
+        ctx.notes[self.name] = {"plan": plan, "k": o.k, "method": o.method, "cut_bytes": plan.cut_bytes,
+                                "imbalance": plan.imbalance, "time_s": wall}
+        return PassResult(gm, modified)
