@@ -59,13 +59,19 @@ def check_program(prog: Program, configs: list[Config]) -> tuple[bool, list[tupl
 
 
 def run_campaign(cases: int, seed: int = 0, branches: bool = False, shrink_failures: bool = True,
-                 write: bool = False, max_ops: int = 40, verbose: bool = False) -> CampaignResult:
+                 write: bool = False, max_ops: int = 40, verbose: bool = False, rotate: int = 0) -> CampaignResult:
+    """``rotate=R``: each case runs the no-pass baseline plus R configurations taken in
+    turn, so a long campaign covers every configuration at a fraction of the cost."""
     torch.set_num_threads(1)
-    configs = available_configs()
+    all_configs = available_configs()
     result = CampaignResult()
     t0 = time.perf_counter()
     for i in range(cases):
-        prog = generate(seed + i, max_ops=max_ops, branches=branches)
+        prog = generate(seed + i, max_ops=max_ops, branches=branches and (seed + i) % 10 == 9)
+        configs = all_configs
+        if rotate:
+            rest = all_configs[1:]
+            configs = [all_configs[0]] + [rest[(i * rotate + j) % len(rest)] for j in range(rotate)]
         checked, errors = check_program(prog, configs)
         result.cases += 1
         if not checked:
