@@ -15,6 +15,7 @@ from autoglm.capture import CaptureError  # noqa: E402
 from autoglm.spec import SpecError  # noqa: E402
 from autoglm.compiled import CompiledModel  # noqa: E402
 from autoglm.api import compile, load  # noqa: E402
+from autoglm.finetune import finetune_sparse  # noqa: E402
 
 __all__ = ["compile", "load", "CompiledModel", "CaptureError", "SpecError", "GraphPass", "PassContext",
-           "PassResult", "__version__"]
+           "PassResult", "finetune_sparse", "__version__"]

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.eliminate_dead_code import EliminateDeadCode
+from autoglm.passes.partition import Partition
+from autoglm.passes.quantize import Quantize
+from autoglm.passes.quantize_lower import QuantizeLower
+from autoglm.passes.split_merge import SplitMerge
+from autoglm.passes.sparsify import Sparsify
 
 __all__ = ["REGISTRY", "GraphPass", "PassContext", "PassResult"]
 
@@ -14,5 +19,10 @@ REGISTRY: dict[str, type[GraphPass]] = {
     cls.name: cls
     for cls in [
         EliminateDeadCode,
+        Partition,
+        Quantize,
+        QuantizeLower,
+        SplitMerge,
+        Sparsify,
     ]
 }

@@ -1,0 +1,191 @@
+"""quantize / quantize_lower: structure, accuracy by measurement, real data, artifacts."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import autoglm
+from autoglm.ir.int8 import Int8Conv2d, Int8Embedding, Int8Linear
+from autoglm.pass_manager import PassManager, sqnr_db
+from autoglm.passes.quantize import Quantize
+from autoglm.passes.quantize_lower import QuantizeLower
+from autoglm.spec import SpecError
+from examples.models import SmallCNN, small_cnn, small_transformer
+from tests.pass_check import capture_for_test, check_pass, op_sequence
+
+
+def _modules(gm, cls):
+    return [m for m in gm.modules() if type(m) is cls]
+
+
+def _quantized_rows(notes):
+    return [r for r in notes["layers"] if r["status"] == "int8"]
+
+
+def test_dynamic_transformer_symbolic_lowers_every_linear():
+    model, inputs = small_transformer()
+    gm = check_pass(Quantize(progress=False), model, inputs, min_sqnr_db=30.0,
+                    changed=lambda g: not any(type(m) is nn.Linear for m in g.modules()))
+    assert len(_modules(gm, Int8Linear)) == 13  # 2 layers x (q, k, v, out, fc1, fc2) + head
+    assert len(_modules(gm, Int8Embedding)) == 2
+    assert all(m.weight_int8.dtype == torch.int8 for m in _modules(gm, Int8Linear))
+
+
+def test_export_spelling_and_per_layer_sqnr():
+    model, inputs = small_transformer()
+    gm, ctx = capture_for_test(model, inputs, frontend="export")
+    assert "fn:linear.default" in op_sequence(gm)
+    gm = PassManager([Quantize(progress=False)]).run(gm, ctx)
+    assert "fn:linear.default" not in op_sequence(gm)
+    rows = [r for r in _quantized_rows(ctx.notes["quantize"]) if r["kind"] == "linear"]
+    assert len(rows) == 13
+    assert min(r["sqnr_db"] for r in rows) >= 30.0, rows  # acceptance: every quantized Linear >= 30 dB
+    with torch.no_grad():
+        assert sqnr_db([model(*inputs)], [gm(*ctx.example_inputs)[0]]) >= 30.0
+
+
+class _TwoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)))
+
+
+def test_unlowered_qdq_pattern_then_lowering_matches():
+    model, x = _TwoLinear().eval(), torch.randn(4, 16)
+    gm, ctx = capture_for_test(model, (x,))
+    gm = PassManager([Quantize(lower=False, progress=False)]).run(gm, ctx)
+    qdq = ["fn:dequantize_per_channel.default", "fn:choose_qparams.tensor", "fn:getitem", "fn:getitem",
+           "fn:quantize_per_tensor.tensor", "fn:dequantize_per_tensor.tensor", "fn:linear.default"]
+    assert op_sequence(gm) == qdq + ["fn:relu"] + qdq  # the portable form the ONNX exporter maps
+    with torch.no_grad():
+        reference = gm(x)[0]
+    manager = PassManager([QuantizeLower()])
+    ctx.properties.add("int8")
+    gm = manager.run(gm, ctx)
+    assert manager.records[-1].modified
+    assert op_sequence(gm) == ["module:Int8Linear", "fn:relu", "module:Int8Linear"]
+    with torch.no_grad():
+        assert sqnr_db([reference], [gm(x)[0]]) >= 40.0  # kernels compute what the q/dq graph says
+
+
+class _Outlier(nn.Module):
+    """One input channel 100x larger than the rest: per-tensor int8 activations lose the others."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+        self.b = nn.Linear(64, 16)
+        self.register_buffer("gain", torch.ones(64))
+        self.gain[3] = 300.0
+
+    def forward(self, x):
+        return self.b(self.a(x) * 0.01 + x * self.gain)
+
+
+def _outlier_data():
+    g = torch.Generator().manual_seed(1)
+    return _Outlier().eval(), [(torch.randn(32, 64, generator=g),) for _ in range(4)]
+
+
+def test_accuracy_budget_keeps_sensitive_layer_fp32():
+    model, batches = _outlier_data()
+    loose_gm, loose_ctx = capture_for_test(model, batches[0], calibration=batches)
+    PassManager([Quantize(progress=False)]).run(loose_gm, loose_ctx)
+    loose = loose_ctx.notes["quantize"]["metric_value_qdq"]
+    gm, ctx = capture_for_test(model, batches[0], calibration=batches)
+    gm = PassManager([Quantize(max_error=0.99999, progress=False)]).run(gm, ctx)
+    notes = ctx.notes["quantize"]
+    kept = [r for r in notes["layers"] if r["status"] == "fp32"]
+    assert [r["layer"] for r in kept] == ["model.b"], notes["layers"]
+    assert "accuracy budget" in kept[0]["reason"]
+    assert loose < 0.99999 <= notes["metric_value_qdq"]
+    assert len(_modules(gm, Int8Linear)) == 1 and len(_modules(gm, nn.Linear)) == 1
+
+
+def test_smoothquant_raises_outlier_layer_sqnr():
+    model, batches = _outlier_data()
+    sqnr = {}
+    for smooth in (None, 0.5):
+        gm, ctx = capture_for_test(model, batches[0], calibration=batches)
+        PassManager([Quantize(smooth=smooth, progress=False)]).run(gm, ctx)
+        row = next(r for r in ctx.notes["quantize"]["layers"] if r["layer"] == "model.b")
+        sqnr[smooth] = row["sqnr_db"]
+        assert row["smoothquant"] == (smooth is not None)
+    assert sqnr[0.5] > sqnr[None] + 6.0, sqnr
+
+
+def test_exclude_and_static_conv_lowering():
+    model, inputs = small_cnn()
+    gm, ctx = capture_for_test(model, inputs)
+    gm = PassManager([Quantize(mode="static", exclude=["*.fc"], progress=False)]).run(gm, ctx)
+    assert len(_modules(gm, Int8Conv2d)) == 2 and len(_modules(gm, nn.Linear)) == 1
+    row = next(r for r in ctx.notes["quantize"]["layers"] if r["layer"] == "model.fc")
+    assert row["status"] == "fp32" and "excluded" in row["reason"]
+
+
+def test_bad_options_fail_with_one_line():
+    with pytest.raises(ValueError, match="mode='int4' is not one of"):
+        Quantize(mode="int4")
+    with pytest.raises(SpecError, match="observer"):
+        autoglm.compile(_TwoLinear(), (torch.randn(2, 16),), passes="quantize(observer=median)")
+    model, x = _TwoLinear().eval(), torch.randn(2, 16)
+    with pytest.raises(autoglm.pass_manager.PassError, match="calibration batch 0 has 0 inputs"):
+        autoglm.compile(model, (x,), passes="quantize", calibration=[()])
+
+
+def test_saved_artifact_keeps_int8_and_reloads(tmp_path: Path):
+    model, inputs = small_transformer(batch=2, seq=16)
+    fp32 = autoglm.compile(model, inputs, passes="none")
+    cm = autoglm.compile(model, inputs, passes="quantize(progress=False)")
+    fp32.save(tmp_path / "fp32")
+    cm.save(tmp_path / "int8")
+    ratio = (tmp_path / "int8" / "weights.safetensors").stat().st_size / \
+        (tmp_path / "fp32" / "weights.safetensors").stat().st_size
+    assert ratio <= 0.30, ratio
+    loaded = autoglm.load(tmp_path / "int8")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*inputs), cm(*inputs), rtol=0, atol=0)
+    assert any(type(m) is Int8Linear for m in loaded.graph_module.modules())
+
+
+def _digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    data = datasets.load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    cut = int(0.7 * len(y))
+    return (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+
+
+def test_static_int8_on_digits_keeps_top1():
+    (xtr, ytr), (xte, yte) = _digits()
+    torch.manual_seed(0)
+    model = SmallCNN(width=16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(6):
+        for i in range(0, len(ytr), 64):
+            opt.zero_grad()
+            F.cross_entropy(model(xtr[i:i + 64]), ytr[i:i + 64]).backward()
+            opt.step()
+    model.eval()
+    calibration = [(xtr[i:i + 128], ytr[i:i + 128]) for i in range(0, 512, 128)]  # labels are dropped
+    cm = autoglm.compile(model, (xte,), passes="quantize(mode=static, observer=percentile, progress=False)",
+                         calibration=calibration)
+    assert any(type(m) is Int8Conv2d for m in cm.graph_module.modules())
+    with torch.no_grad():
+        acc_fp32 = float((model(xte).argmax(1) == yte).float().mean()) * 100
+        acc_int8 = float((cm(xte).argmax(1) == yte).float().mean()) * 100
+    assert acc_fp32 > 90.0, acc_fp32
+    assert acc_fp32 - acc_int8 <= 0.5, (acc_fp32, acc_int8)
+    assert not math.isnan(acc_int8)
