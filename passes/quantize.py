@@ -110,8 +110,12 @@ class Quantize(GraphPass):
             self._calibrate(gm, layers, batches)
         reference = self._sensitivity(gm, layers, batches)
         chosen, kept, final = self._fit_budget(gm, layers, batches, reference)
+        replaced: dict[fx.Node, fx.Node] = {}
         for layer in chosen:
-            self._rewrite(gm, layer)
+            # A layer reading an earlier rewritten layer must read its replacement
+            # (found by the fuzzer: chained Linears referenced an erased node).
+            layer.input = replaced.get(layer.input, layer.input)
+            replaced[layer.node] = self._rewrite(gm, layer)
         for layer, reason in kept.items():
             annotation(layer.node).tags["int8"] = {"status": "fp32", "reason": reason, "sqnr_db": layer.sqnr_db}
         gm.graph.eliminate_dead_code()
@@ -222,7 +226,7 @@ class Quantize(GraphPass):
 
     # ------------------------------------------------------------ rewrite
 
-    def _rewrite(self, gm: fx.GraphModule, layer: Layer) -> None:
+    def _rewrite(self, gm: fx.GraphModule, layer: Layer) -> fx.Node:
         g, node = gm.graph, layer.node
         q, s = layer.quantized_weight()
         base = _attr_base(layer.name)
@@ -254,6 +258,7 @@ class Quantize(GraphPass):
         node.replace_all_uses_with(out)
         g.erase_node(node)
         drop_attr(gm, layer.weight_node)
+        return out
 
 
 def _qdq(g: fx.Graph, x: fx.Node, act: tuple[float, int] | None) -> fx.Node:

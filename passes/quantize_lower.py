@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from autoglm.ir.int8 import LINEAR_KERNELS, QDQ, Int8Conv2d, Int8Embedding, Int8Linear, choose_kernel
+from autoglm.ir.int8 import (LINEAR_KERNELS, QDQ, Int8Conv2d, Int8Embedding, Int8Linear, choose_kernel,
+                             dequantize_weight, fake_quant_dynamic, fake_quant_static)
 from autoglm.ir.meta import annotation, has_annotation, output_spec
 from autoglm.ir.ops import get_attr_value
 from autoglm.ir.pass_base import GraphPass, NoOptions, PassContext, PassResult
@@ -101,8 +102,12 @@ def _match(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, fx.Node, fx.Node, li
         scale, zp = act.qparams or (None, None)
         example = _example(act.x)
         key = (mode, tuple(example.shape), tuple(w[0].shape))
+        x_qdq = fake_quant_dynamic(example) if scale is None else fake_quant_static(example, scale, zp)
+        reference = torch.nn.functional.linear(x_qdq, dequantize_weight(w[0], w[1]), bias)
         kernel, times = choose_kernel(lambda k: Int8Linear(w[0], w[1], bias, scale, zp, kernel=k),
-                                      LINEAR_KERNELS[mode], example, key)
+                                      LINEAR_KERNELS[mode], example, key, reference=reference)
+        if kernel is None:
+            return None  # no kernel reproduces the q/dq numbers here: keep the q/dq form
         row = {"kernel": kernel, "timings_us": {k: round(t * 1e6, 1) for k, t in times.items()}}
         return Int8Linear(w[0], w[1], bias, scale, zp, kernel=kernel), act.x, node, drop, row
     q_out = next(iter(node.users)) if len(node.users) == 1 else None

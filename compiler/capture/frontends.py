@@ -39,10 +39,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" + (f" ({extra[0].strip()})" if extra else "")
 
 
-def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, frontend: str = "auto") -> Captured:
+def _is_branch_failure(exc: BaseException) -> bool:
+    """The symbolic tracer's ``to_bool``/``iter`` refused a data-dependent branch (and nothing else did)."""
+    return isinstance(exc, CaptureError) and str(exc).startswith("data-dependent")
+
+
+def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, frontend: str = "auto",
+            branches: bool = False) -> Captured:
     """Capture ``model(*args, **kwargs)`` into a flat graph.
 
     ``frontend`` is ``"auto"`` (try each in order), ``"symbolic"`` or ``"export"``.
+    ``branches=True``: when the symbolic frontend fails only on data-dependent
+    control flow, return ``Captured(graph_module=None, frontend="branching")``;
+    the caller builds an ``autoglm.program.Program`` from the signature.
     """
     kwargs = dict(kwargs or {})
     if not isinstance(model, nn.Module):
@@ -66,6 +75,8 @@ def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, fron
         except Exception as exc:  # each frontend fails in its own way; keep the reason
             reasons[name] = _one_line(exc)
             source = source or getattr(exc, "source", "")
+            if branches and name == "symbolic" and _is_branch_failure(exc):
+                return Captured(None, copy.copy(sig), "branching", list(flat_inputs), reasons)  # type: ignore[arg-type]
             continue
         if trial_sig.out_spec is None:
             reasons[name] = "captured graph never produced an output structure"

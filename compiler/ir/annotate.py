@@ -69,7 +69,10 @@ class AnnotatingInterpreter(fx.Interpreter):
             return result
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         before = self.counter.get_total_flops()
-        result = getattr(self, n.op)(n.target, args, kwargs)
+        if isinstance(n.target, torch._ops.HigherOrderOperator):
+            result = _run_higher_order(self, n, args, kwargs)
+        else:
+            result = getattr(self, n.op)(n.target, args, kwargs)
         flops = self.counter.get_total_flops() - before
         ann = annotation(n)
         ann.outputs = [TensorSpec(tuple(t.shape), t.dtype) for t in _tensors(result)]
@@ -108,6 +111,22 @@ class AnnotatingInterpreter(fx.Interpreter):
     def run(self, *args: Any, **kwargs: Any) -> Any:
         with self.counter, torch.no_grad():
             return super().run(*args, **kwargs)
+
+
+def _run_higher_order(interp: fx.Interpreter, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+    """Run a higher-order op (``torch.cond`` from torch.export) under the FLOP counter.
+
+    FlopCounterMode runs each ``cond`` branch as a module call, which trips its
+    module tracker under ``no_grad`` when weights require grad (torch 2.13). For
+    ``cond`` we do what its dense kernel does (call the branch the predicate
+    picks) but through the branch graph's ``forward``, which skips module hooks;
+    the counter then sees the FLOPs of the branch actually taken.
+    """
+    if n.target is torch.ops.higher_order.cond and len(args) == 4 and not kwargs:
+        pred, true_fn, false_fn, operands = args
+        branch = true_fn if bool(pred) else false_fn
+        return getattr(branch, "forward", branch)(*operands)
+    return getattr(interp, n.op)(n.target, args, kwargs)
 
 
 def annotate(gm: fx.GraphModule, inputs: Sequence[Any], measure: bool = False, repeats: int = 5) -> Any:

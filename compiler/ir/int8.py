@@ -21,6 +21,7 @@ Two layers:
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
@@ -286,12 +287,29 @@ class Int8Embedding(_Int8Base):
 _KERNEL_TIMES: dict[tuple, dict[str, float]] = {}  # (mode, input shape, weight shape) -> seconds per kernel
 
 
+def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    noise = float(((ref.double() - out.double()) ** 2).sum())
+    signal = float((ref.double() ** 2).sum())
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+# A real kernel must reproduce the q/dq simulation it replaces; they differ only by
+# rounding inside the kernel. fbgemm's dynamic linear returns garbage for
+# in_features == 1 (found by the fuzzer: SQNR -100 dB), so every candidate is checked.
+MIN_KERNEL_SQNR_DB = 30.0
+
+
 def choose_kernel(make: Callable[[str], nn.Module], candidates: Sequence[str], example: torch.Tensor,
-                  key: tuple, repeats: int = 5) -> tuple[str, dict[str, float]]:
+                  key: tuple, repeats: int = 5, reference: torch.Tensor | None = None
+                  ) -> tuple[str | None, dict[str, float]]:
     """Time ``make(kernel)(example)`` for each candidate; return the fastest and all timings.
 
-    A kernel that raises (unsupported shape or CPU) is skipped. Timings are cached
-    per ``key`` for the process, like the cost model's measurements.
+    A kernel that raises (unsupported shape or CPU), or whose output differs from
+    ``reference`` (the q/dq simulation) by more than rounding, is skipped. Returns
+    ``(None, {})`` when no kernel qualifies: the caller keeps the q/dq form. Timings
+    are cached per ``key`` for the process, like the cost model's measurements.
     """
     if key not in _KERNEL_TIMES:
         times: dict[str, float] = {}
@@ -299,11 +317,13 @@ def choose_kernel(make: Callable[[str], nn.Module], candidates: Sequence[str], e
             for kernel in candidates:
                 try:
                     mod = make(kernel)
+                    if reference is not None and _sqnr_db(reference, mod(example)) < MIN_KERNEL_SQNR_DB:
+                        continue
                     times[kernel] = _median_s(lambda: mod(example), repeats)
                 except (RuntimeError, NotImplementedError):
                     continue
         _KERNEL_TIMES[key] = times
     times = _KERNEL_TIMES[key]
     if not times:
-        raise RuntimeError(f"no int8 kernel among {list(candidates)} runs on this machine for {key}")
+        return None, {}
     return min(times, key=times.__getitem__), dict(times)
