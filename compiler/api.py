@@ -1,9 +1,10 @@
 """``autoglm.compile`` and ``autoglm.load``: the one-call entry points."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -68,12 +69,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     pipeline = resolve_passes(passes, devices)  # bad specs fail before any work
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
+    with _preserved_state(model):
         captured = capture(model, args, kwargs, frontend=frontend, branches=backend == "fx")
-    finally:
-        model.train(was_training)
     timings["capture_s"] = time.perf_counter() - t0
     if captured.frontend == "branching":  # data-dependent control flow: one graph per path
         from autoglm.program import compile_program
@@ -87,14 +84,18 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     gm = captured.graph_module
     t0 = time.perf_counter()
     cost_model = CostModel(cost)
-    with torch.no_grad():
-        reference = annotate(gm, captured.flat_inputs, measure=measure or cost == "measured")
-    cost_model.annotate_costs(gm) if cost == "analytic" else cost_model.annotate_costs(gm, captured.flat_inputs)
-    timings["annotate_s"] = time.perf_counter() - t0
-    ctx = PassContext(captured.flat_inputs, devices=devices, cost=cost_model, calibration=calibration)
-    t0 = time.perf_counter()
-    manager = PassManager(pipeline, verify=verify)
-    gm = manager.run(gm, ctx, reference=reference)
+    with _preserved_state(model):
+        with torch.no_grad():
+            reference = annotate(gm, captured.flat_inputs, measure=measure or cost == "measured")
+        if cost == "analytic":
+            cost_model.annotate_costs(gm)
+        else:
+            cost_model.annotate_costs(gm, captured.flat_inputs)
+        timings["annotate_s"] = time.perf_counter() - t0
+        ctx = PassContext(captured.flat_inputs, devices=devices, cost=cost_model, calibration=calibration)
+        t0 = time.perf_counter()
+        manager = PassManager(pipeline, verify=verify)
+        gm = manager.run(gm, ctx, reference=reference)
     timings["passes_s"] = time.perf_counter() - t0
     cost_model.annotate_costs(gm)
     config = {
@@ -113,6 +114,24 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
 
         attach_onnxruntime(cm, **(backend_options or {}))
     return cm
+
+
+@contextlib.contextmanager
+def _preserved_state(model: nn.Module) -> Iterator[None]:
+    """Run compile-time executions (capture's eager run, annotation, verification)
+    in eval mode without leaving a trace in the user's model: a module that updates
+    its buffers in forward must start its first real call where it was."""
+    was_training = model.training
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in saved and saved[name].shape == b.shape:
+                    b.copy_(saved[name])
 
 
 def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:

@@ -288,8 +288,18 @@ def _torch_export(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], opts: Expo
                                  custom_translation_table=translation_table())
 
 
-def _export_with_fallback(gm: fx.GraphModule, inputs: list[torch.Tensor], probe: list[torch.Tensor] | None,
-                          opts: ExportOptions, dynamic: dict[str, list[int]], input_names: list[str],
+def _export_once(gm: fx.GraphModule, inputs: list[torch.Tensor], opts: ExportOptions, dyn: dict[str, list[int]],
+                 input_names: list[str], output_names: list[str]) -> Any:
+    # Export on inputs where no dynamic axis has size 1 (torch.export specialises 0/1);
+    # static axes keep their example sizes.
+    use = inputs
+    if dyn and any(inputs[i].shape[{"batch": 0, "seq": 1}[n]] == 1 for n, m in dyn.items() for i in m):
+        use = _probe_inputs(inputs, dyn, torch.Generator().manual_seed(opts.seed + 3)) or inputs
+    return _torch_export(gm, use, opts, dyn, input_names, output_names)
+
+
+def _export_with_fallback(gm: fx.GraphModule, inputs: list[torch.Tensor], opts: ExportOptions,
+                          dynamic: dict[str, list[int]], input_names: list[str],
                           output_names: list[str]) -> tuple[Any, dict[str, list[int]]]:
     """Export with the probed dynamic axes; drop sequence, then batch, if torch.export
     proves them static after all (a constraint violation), rather than failing."""
@@ -300,14 +310,51 @@ def _export_with_fallback(gm: fx.GraphModule, inputs: list[torch.Tensor], probe:
         attempts.append({})
     errors = []
     for dyn in attempts:
-        # Export on inputs where no dynamic axis has size 1 (torch.export specialises 0/1).
-        use = probe if probe is not None and dyn and any(
-            inputs[i].shape[{"batch": 0, "seq": 1}[n]] == 1 for n, m in dyn.items() for i in m) else inputs
         try:
-            return _torch_export(gm, use, opts, dyn, input_names, output_names), dyn
+            program = _export_once(gm, inputs, opts, dyn, input_names, output_names)
+            really = _really_dynamic(program.model_proto, dyn)
+            if really != dyn:  # the exporter specialised an axis: export again without it
+                program = _export_once(gm, inputs, opts, really, input_names, output_names)
+                if _really_dynamic(program.model_proto, really) != really:
+                    continue
+            return program, really
         except Exception as exc:  # report every attempt if all fail
             errors.append(f"dynamic={sorted(dyn) or 'none'}: {type(exc).__name__}: {str(exc).strip()[:800]}")
     raise OnnxExportError("torch.onnx.export (dynamo) failed:\n  " + "\n  ".join(errors))
+
+
+def _probe_inputs(inputs: list[torch.Tensor], dynamic: dict[str, list[int]], gen: torch.Generator
+                  ) -> list[torch.Tensor] | None:
+    """The inputs resized along every dynamic axis (None when nothing is dynamic)."""
+    if not dynamic:
+        return None
+    probe = list(inputs)
+    for name, members in dynamic.items():
+        axis = 0 if name == "batch" else 1
+        size = inputs[members[0]].shape[axis]
+        new = size + 1 if axis == 0 else _other_size(size)
+        probe = [(resized_like(x, axis, new, gen) if i in members else x) for i, x in enumerate(probe)]
+    return probe
+
+
+def _really_dynamic(proto: Any, dynamic: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Keep only the axes the exported model really left symbolic.
+
+    The exporter may specialise an axis we asked to be dynamic without raising
+    (found by the fuzzer: a graph whose sequence axis is cut back to a fixed
+    width); the model then only accepts the example size on that axis.
+    """
+    kept: dict[str, list[int]] = {}
+    for name, members in dynamic.items():
+        axis = 0 if name == "batch" else 1
+        ok = True
+        for i in members:
+            dims = proto.graph.input[i].type.tensor_type.shape.dim
+            if axis >= len(dims) or not dims[axis].dim_param:
+                ok = False
+        if ok:
+            kept[name] = members
+    return kept
 
 
 def _int8_budget(cm: Any, opts: ExportOptions) -> float:
@@ -385,17 +432,9 @@ def export_graph(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], tar
     t0 = time.perf_counter()
     lowered, sparse, int8_meta, has_int8 = _lower(gm)
     dynamic = _probe_dynamic(gm, inputs, gen) if opts.dynamic else {}
-    probe = None
-    if dynamic:
-        probe = list(inputs)
-        for name, members in dynamic.items():
-            axis = 0 if name == "batch" else 1
-            size = inputs[members[0]].shape[axis]
-            new = size + 1 if axis == 0 else _other_size(size)
-            probe = [(resized_like(x, axis, new, gen) if i in members else x) for i, x in enumerate(probe)]
-    onnx_program, dynamic = _export_with_fallback(lowered, inputs, probe, opts, dynamic, input_names, output_names)
-    if not dynamic:
-        probe = None
+    probe = _probe_inputs(inputs, dynamic, gen)
+    onnx_program, dynamic = _export_with_fallback(lowered, inputs, opts, dynamic, input_names, output_names)
+    probe = _probe_inputs(inputs, dynamic, torch.Generator().manual_seed(opts.seed + 7))
     metadata = {"autoglm.version": _autoglm_version(), **(metadata or {})}
     if sparse:
         metadata["autoglm.sparse"] = json.dumps(sparse)

@@ -64,12 +64,16 @@ def _weight(n: Any, gm: fx.GraphModule) -> tuple[torch.Tensor, torch.Tensor, lis
     return q, s, [n, n.args[0], n.args[1]]
 
 
-def _example(x: fx.Node) -> torch.Tensor:
+def _example(x: fx.Node, in_features: int) -> torch.Tensor:
     node = x
     while output_spec(node) is None and node.op == "call_function" and node.args:  # new smoothing mul
         node = node.args[0]
     spec = output_spec(node)
-    return torch.randn(spec.shape) if spec is not None else torch.randn(1, 1)
+    if spec is not None and spec.shape and spec.shape[-1] == in_features:
+        return torch.randn(spec.shape)
+    # The input was created in this same pass (an earlier layer's replacement) and
+    # has no shape yet: time on a representative batch of rows instead.
+    return torch.randn(16, in_features)
 
 
 def _module_name(gm: fx.GraphModule, weight_attr: fx.Node) -> str:
@@ -100,7 +104,7 @@ def _match(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, fx.Node, fx.Node, li
     if node.target is aten.linear.default:
         mode = "dynamic" if act.qparams is None else "static"
         scale, zp = act.qparams or (None, None)
-        example = _example(act.x)
+        example = _example(act.x, int(w[0].shape[1]))
         key = (mode, tuple(example.shape), tuple(w[0].shape))
         x_qdq = fake_quant_dynamic(example) if scale is None else fake_quant_static(example, scale, zp)
         reference = torch.nn.functional.linear(x_qdq, dequantize_weight(w[0], w[1]), bias)

@@ -26,6 +26,10 @@ class AutoglmTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
+        # Buffers are read through get_attr at run time, not baked in as their
+        # trace-time values: a module that updates a buffer in forward must see
+        # the update on the next call.
+        self.proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if type(m).__module__.startswith(_REWRITTEN_MODULE_PACKAGES):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -65,6 +66,7 @@ def shrink(prog: Program, fails: Callable[[Program], bool], max_rounds: int = 50
 def write_regression(prog: Program, config: str, error: str) -> Path:
     """Keep a shrunk failing case as data; tests/test_fuzz.py replays every file here."""
     REGRESSIONS.mkdir(exist_ok=True)
-    path = REGRESSIONS / f"seed{prog.seed}_{config.replace('+', '_').replace('(', '').replace(')', '')}.json"
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", config).strip("_")
+    path = REGRESSIONS / f"seed{prog.seed}_{slug}.json"
     path.write_text(json.dumps({"config": config, "error": error[:500], "program": prog.to_json()}, indent=1))
     return path
