@@ -49,6 +49,9 @@ class QuantizeOptions:
     # with a callable metric(fp32_outputs, int8_outputs) -> float (higher is better) its threshold.
     max_error: float | None = None
     metric: Any = "cosine"
+    # Per-layer floor: a layer whose own output SQNR (int8 vs fp32, same inputs) is below
+    # this many dB stays fp32, whatever the whole-model budget says. None: no floor.
+    min_layer_sqnr_db: float | None = None
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns on layer or node names
     smooth: float | None = None  # SmoothQuant alpha (e.g. 0.5); kept per layer only where it helps
     embeddings: bool = True  # weight-only int8 embedding tables
@@ -109,7 +112,12 @@ class Quantize(GraphPass):
         if o.mode == "static" or o.smooth is not None:
             self._calibrate(gm, layers, batches)
         reference = self._sensitivity(gm, layers, batches)
-        chosen, kept, final = self._fit_budget(gm, layers, batches, reference)
+        floor = o.min_layer_sqnr_db
+        below = [layer for layer in layers if floor is not None and layer.sqnr_db < floor]
+        chosen, kept, final = self._fit_budget(gm, [layer for layer in layers if layer not in below], batches,
+                                               reference)
+        for layer in below:
+            kept[layer] = f"layer SQNR {layer.sqnr_db:.1f} dB < min_layer_sqnr_db={floor}"
         replaced: dict[fx.Node, fx.Node] = {}
         for layer in chosen:
             # A layer reading an earlier rewritten layer must read its replacement

@@ -189,3 +189,18 @@ def test_static_int8_on_digits_keeps_top1():
     assert acc_fp32 > 90.0, acc_fp32
     assert acc_fp32 - acc_int8 <= 0.5, (acc_fp32, acc_int8)
     assert not math.isnan(acc_int8)
+
+
+def test_per_layer_sqnr_floor_keeps_weak_layers_fp32():
+    model, inputs = small_transformer()
+    gm, ctx = capture_for_test(model, inputs)
+    gm = PassManager([Quantize(progress=False, embeddings=False)]).run(gm, ctx)
+    sqnrs = sorted(r["sqnr_db"] for r in _quantized_rows(ctx.notes["quantize"]))
+    floor = (sqnrs[0] + sqnrs[-1]) / 2  # between the weakest and the strongest layer
+    gm, ctx = capture_for_test(model, inputs)
+    gm = PassManager([Quantize(progress=False, embeddings=False, min_layer_sqnr_db=floor)]).run(gm, ctx)
+    rows = ctx.notes["quantize"]["layers"]
+    kept = [r for r in rows if r["status"] == "fp32" and r.get("kind") == "linear"]
+    assert kept and all("min_layer_sqnr_db" in r["reason"] for r in kept)
+    assert all(r["sqnr_db"] >= floor for r in _quantized_rows(ctx.notes["quantize"]))
+    assert len(_modules(gm, nn.Linear)) == len(kept)

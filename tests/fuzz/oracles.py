@@ -44,7 +44,7 @@ CONFIGS: list[Config] = [
     Config("partition-k4", "partition(k=4,contiguous=True,fewer_ok=True)", devices=4, needs=("partition",)),
     Config("split_merge+partition", "split_merge,partition(k=2,fewer_ok=True)", devices=2, needs=("split_merge", "partition")),
     Config("onnx", "default", onnx=True),
-    Config("quantize-dynamic", "quantize(mode=dynamic)", needs=("quantize",), exact=False),
+    Config("quantize-dynamic", "quantize(mode=dynamic,progress=False)", needs=("quantize",), exact=False),
 ]
 
 
