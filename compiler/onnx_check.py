@@ -44,6 +44,7 @@ class ParityRecord:
     sqnr_db: float
     mismatched: int  # elements outside rtol/atol (fp32), unequal elements (integer outputs)
     ok: bool
+    noise_explained: int = 0  # of those, elements within fp32 rounding noise of the float64 result
 
 
 # ---------------------------------------------------------------- inputs
@@ -174,16 +175,51 @@ def _flat(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def _within_fp32_noise(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], exact: Sequence[torch.Tensor],
+                       rtol: float, atol: float) -> bool:
+    """Every element of ``got`` is as close to the float64 result ``exact`` as
+    tolerance plus 16 times our own fp32 error there.
+
+    Ill-conditioned spots (a sum that cancels to ~0, a norm of a nearly constant
+    row) amplify rounding differently in every fp32 implementation; onnxruntime is
+    then not wrong, just rounding elsewhere. Found by the fuzzer: 2 of 120 elements
+    where our fp32 result was already 9e-4 relative off the float64 one (condition
+    ~1e4) and onnxruntime's 8e-3; elsewhere in that output both agreed to 1e-7.
+    The factor bounds how much worse than ours a conforming fp32 kernel may round.
+    """
+    for r, g, e in zip(ref, got, exact):
+        if not r.is_floating_point():
+            continue
+        e64, own = e.double(), (r.double() - e.double()).abs()
+        allowed = atol + rtol * e64.abs() + 16.0 * own
+        if bool(((g.double() - e64).abs() > allowed).any()):
+            return False
+    return True
+
+
 def run_parity(reference: Callable[..., Any], candidate: Callable[..., Any],
                input_sets: Sequence[tuple[str, Sequence[torch.Tensor]]], rtol: float, atol: float,
-               min_sqnr_db: float | None = None) -> list[ParityRecord]:
+               min_sqnr_db: float | None = None,
+               reference64: Callable[..., Any] | None = None) -> list[ParityRecord]:
     """Compare ``candidate`` (onnxruntime) to ``reference`` on every input set;
-    raise ``OnnxParityError`` on the first set outside tolerance."""
+    raise ``OnnxParityError`` on the first set outside tolerance.
+
+    ``reference64`` (fp32 graphs only) runs the reference in float64: elements
+    outside ``rtol``/``atol`` are accepted when they are within fp32 rounding
+    noise of the exact result (see ``_within_fp32_noise``), and counted as such.
+    """
     records = []
     for label, xs in input_sets:
         with torch.no_grad():
             ref = _flat(reference(*xs))
-        rec = compare_outputs(label, xs, ref, _flat(candidate(*xs)), rtol, atol, min_sqnr_db)
+        got = _flat(candidate(*xs))
+        rec = compare_outputs(label, xs, ref, got, rtol, atol, min_sqnr_db)
+        if not rec.ok and min_sqnr_db is None and reference64 is not None:
+            xs64 = [x.double() if x.is_floating_point() else x for x in xs]
+            with torch.no_grad():
+                exact = _flat(reference64(*xs64))
+            if _within_fp32_noise(ref, got, exact, rtol, atol):
+                rec.ok, rec.noise_explained = True, rec.mismatched
         records.append(rec)
         if not rec.ok:
             what = (f"SQNR {rec.sqnr_db:.1f} dB < budget {min_sqnr_db} dB" if min_sqnr_db is not None else

@@ -369,6 +369,18 @@ def _int8_budget(cm: Any, opts: ExportOptions) -> float:
     return 25.0
 
 
+def _float64_twin(gm: fx.GraphModule) -> Callable[..., Any] | None:
+    """``gm`` in float64 (built on first use), or None when it cannot run in float64."""
+    cached: list[Any] = []
+
+    def run(*xs: torch.Tensor) -> Any:
+        if not cached:
+            cached.append(copy.deepcopy(gm).double())
+        return cached[0](*xs)
+
+    return run
+
+
 def _parity(gm: fx.GraphModule, path: Path, inputs: list[torch.Tensor], probe: list[torch.Tensor] | None,
             opts: ExportOptions, min_sqnr_db: float | None) -> list[ParityRecord]:
     gen = torch.Generator().manual_seed(opts.seed + 1)
@@ -377,7 +389,8 @@ def _parity(gm: fx.GraphModule, path: Path, inputs: list[torch.Tensor], probe: l
     if probe is not None:
         sets.append(("dynamic-shape", probe))
     ort_run = OrtExecutor(path, OrtOptions(threads=opts.check_threads))
-    return run_parity(gm, ort_run, sets, opts.rtol, opts.atol, min_sqnr_db)
+    return run_parity(gm, ort_run, sets, opts.rtol, opts.atol, min_sqnr_db,
+                      reference64=_float64_twin(gm) if min_sqnr_db is None else None)
 
 
 def resolve_options(options: ExportOptions | None, kwargs: dict[str, Any]) -> ExportOptions:
