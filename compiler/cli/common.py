@@ -19,6 +19,8 @@ from typing import Any, Iterator, TextIO
 
 import torch
 
+from autoglm.artifacts import replace_dir
+
 __all__ = ["CliError", "UsageError", "Console", "OutputPlan", "one_line", "describe_tensors",
            "check_inputs_match", "load_compiled"]
 
@@ -162,15 +164,7 @@ class OutputPlan:
         for final, staged in self._dirs.items():
             if not staged.exists():
                 raise CliError(f"internal: {final} was planned but never written")
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                backup = final.with_name(f".{final.name}.autoglm-old")
-                shutil.rmtree(backup, ignore_errors=True)
-                final.rename(backup)
-                staged.rename(final)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                staged.rename(final)
+            replace_dir(staged, final)
         for final, tmp in self._files.items():
             final.parent.mkdir(parents=True, exist_ok=True)
             for entry in tmp.iterdir():  # the file plus any sidecars (JSON twin, ONNX external data)

@@ -66,6 +66,23 @@ class _SparseLinearBase(nn.Module):
             y = torch.mm(self.weight, x2.t())
         return y.t().contiguous().reshape(x.shape[:-1] + (self.out_features,))
 
+    # Compressed-row layouts (CSR, BSR) save their index arrays and values; a subclass
+    # names its layout constructor here and inherits save/load.
+    _compressed_ctor: Any = None
+
+    def __autoglm_save__(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        w = self.weight
+        tensors = {"crow_indices": w.crow_indices(), "col_indices": w.col_indices(), "values": w.values()}
+        tensors.update(self._bias_tensors())
+        return {"in_features": self.in_features, "out_features": self.out_features}, tensors
+
+    @classmethod
+    def __autoglm_load__(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "_SparseLinearBase":
+        shape = (int(config["out_features"]), int(config["in_features"]))
+        w = _quiet(cls._compressed_ctor, tensors["crow_indices"], tensors["col_indices"], tensors["values"],
+                   shape, check_invariants=True)
+        return cls(w, tensors.get("bias"), shape[1], shape[0])
+
     def dense_weight(self) -> torch.Tensor:
         """The masked weight as a dense (out, in) tensor (zeros where pruned)."""
         return self.weight.to_dense()
@@ -88,18 +105,7 @@ class CsrLinear(_SparseLinearBase):
         w = _quiet(weight.detach().to_sparse_csr)
         return cls(w, bias, weight.shape[1], weight.shape[0])
 
-    def __autoglm_save__(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        w = self.weight
-        tensors = {"crow_indices": w.crow_indices(), "col_indices": w.col_indices(), "values": w.values()}
-        tensors.update(self._bias_tensors())
-        return {"in_features": self.in_features, "out_features": self.out_features}, tensors
-
-    @classmethod
-    def __autoglm_load__(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "CsrLinear":
-        shape = (int(config["out_features"]), int(config["in_features"]))
-        w = _quiet(torch.sparse_csr_tensor, tensors["crow_indices"], tensors["col_indices"], tensors["values"],
-                   shape, check_invariants=True)
-        return cls(w, tensors.get("bias"), shape[1], shape[0])
+    _compressed_ctor = staticmethod(torch.sparse_csr_tensor)
 
 
 class BsrLinear(_SparseLinearBase):
@@ -114,18 +120,7 @@ class BsrLinear(_SparseLinearBase):
         w = _quiet(weight.detach().to_sparse_bsr, (blocksize, blocksize))
         return cls(w, bias, weight.shape[1], weight.shape[0])
 
-    def __autoglm_save__(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        w = self.weight
-        tensors = {"crow_indices": w.crow_indices(), "col_indices": w.col_indices(), "values": w.values()}
-        tensors.update(self._bias_tensors())
-        return {"in_features": self.in_features, "out_features": self.out_features}, tensors
-
-    @classmethod
-    def __autoglm_load__(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "BsrLinear":
-        shape = (int(config["out_features"]), int(config["in_features"]))
-        w = _quiet(torch.sparse_bsr_tensor, tensors["crow_indices"], tensors["col_indices"], tensors["values"],
-                   shape, check_invariants=True)
-        return cls(w, tensors.get("bias"), shape[1], shape[0])
+    _compressed_ctor = staticmethod(torch.sparse_bsr_tensor)
 
 
 class SemiStructuredLinear(nn.Module):
