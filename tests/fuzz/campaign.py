@@ -59,7 +59,8 @@ def check_program(prog: Program, configs: list[Config]) -> tuple[bool, list[tupl
 
 
 def run_campaign(cases: int, seed: int = 0, branches: bool = False, shrink_failures: bool = True,
-                 write: bool = False, max_ops: int = 40, verbose: bool = False, rotate: int = 0) -> CampaignResult:
+                 write: bool = False, max_ops: int = 40, verbose: bool = False, rotate: int = 0,
+                 progress_every: int = 0) -> CampaignResult:
     """``rotate=R``: each case runs the no-pass baseline plus R configurations taken in
     turn, so a long campaign covers every configuration at a fraction of the cost."""
     torch.set_num_threads(1)
@@ -67,6 +68,9 @@ def run_campaign(cases: int, seed: int = 0, branches: bool = False, shrink_failu
     result = CampaignResult()
     t0 = time.perf_counter()
     for i in range(cases):
+        if progress_every and i and i % progress_every == 0:
+            print(f"progress: {i}/{cases} cases, {result.checks} checks, {len(result.failures)} failures, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
         prog = generate(seed + i, max_ops=max_ops, branches=branches and (seed + i) % 10 == 9)
         configs = all_configs
         if rotate:
