@@ -9,7 +9,7 @@ so a shrunk failing case is written down as data, not code.
 Ops: linear, conv2d, matmul/bmm, broadcast add/mul, cat/chunk, reshape/permute/
 transpose, layernorm, softmax, relu/gelu/tanh, residual joins; 1-3 inputs,
 1-3 outputs; dims drawn from sizes that include 1 and odd numbers; optionally a
-data-dependent branch (``if t.sum() > 0``).
+data-dependent branch (``if t.mean() > 0.1``).
 """
 from __future__ import annotations
 
@@ -104,7 +104,11 @@ def _apply(model: FuzzModel, i: int, op: dict[str, Any], vals: list[torch.Tensor
     if kind == "tanh":
         return torch.tanh(x)
     if kind == "branch":  # data-dependent control flow
-        if x.sum() > 0:
+        # Not ``x.sum() > 0``: after a layer norm that sum is 0 up to rounding, and
+        # onnxruntime and torch then legitimately take different paths (found by the
+        # fuzzer, seeds 1379/1519/3589). A threshold away from any exact identity
+        # keeps the predicate well-conditioned.
+        if x.mean() > 0.1:
             return torch.relu(x) * 2
         return torch.tanh(x) - 1
     raise ValueError(f"unknown fuzz op {kind!r}")
