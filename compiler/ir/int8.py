@@ -198,6 +198,8 @@ class Int8Linear(_Int8Base):
         return wt, col_sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 1:  # fbgemm wants rows; a single vector is one row (found by the fuzzer)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._state is None:
             self._state = self._prepare()
         if self.kernel == "fbgemm_dynamic":
