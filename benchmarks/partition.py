@@ -15,20 +15,27 @@ repaired, and left out of the louvain-vs-metis comparison).
 Pipeline: the same graph compiled with ``partition(k=2, contiguous=True)`` by
 louvain and by ``even`` (the equal-parameter split torch.distributed.pipelining's
 ``split_into_equal_size`` makes), run as 2 gloo stage processes with the same
-schedule, microbatches and 1 thread each; steps/s ratio, and the cost model's
-predicted stage time against the measured one.
+schedule, microbatches and 1 thread each; steps/s ratio. Stage times are
+predicted before the runs (``autoglm.stage_time``: node costs measured at
+microbatch size + a calibrated per-op/per-call correction) and printed against
+each stage's measured forward time with the error %, the analytic roofline
+beside them for reference. torch's own pipelining frontend as the baseline:
+``benchmarks/pipeline_vs_torch.py``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, this folder comes first on sys.path, and its onnx.py would shadow the
+# onnx package (artifacts record onnx.__version__ on save).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402
 
@@ -91,43 +98,105 @@ def quality(ks: tuple[int, ...]) -> None:
     print(f"louvain cut <= metis cut on {wins}/{total} cases where METIS was loop-free")
 
 
-def _stage_prediction(cm) -> list[float]:
-    return [p.cost_s for p in cm.plan.parts]
+def _predict(cm, inputs, microbatches: int, calibration):
+    """Each stage's forward time per step, predicted before the pipeline runs.
+
+    Measured node costs at microbatch size plus the calibrated per-op/per-call
+    correction (``autoglm.stage_time``); the analytic roofline for reference.
+    """
+    from autoglm.stage_time import predict_stage_times
+
+    mb_inputs = [t[: t.shape[0] // microbatches] for t in inputs]
+    measured = predict_stage_times(cm.graph_module, mb_inputs, microbatches, cost="measured", calibration=calibration)
+    analytic = predict_stage_times(cm.graph_module, None, microbatches, cost="analytic")
+    # The graph is annotated at the compile batch; the analytic model then sees the
+    # whole batch, so scale to one microbatch (costs are linear in batch at these sizes).
+    return [p.per_step_s for p in measured], [p.per_step_s / microbatches for p in analytic]
+
+
+def _alone(cm, inputs, microbatches: int, repeats: int = 15) -> tuple[list[float], list[float]]:
+    """Each stage's submodule run alone here at microbatch size: (wall, CPU) seconds per step.
+
+    CPU time (``time.thread_time``) leaves out time the process was preempted by
+    others' work on a shared machine; wall time does not.
+    """
+    from autoglm.runtime.partition_graphs import extract_stages
+
+    args = [t[: t.shape[0] // microbatches] for t in inputs]
+    wall, cpu = [], []
+    with torch.no_grad():
+        for stage in extract_stages(cm.graph_module):
+            out = stage.module(*args)  # warm-up
+            w, c = [], []
+            for _ in range(repeats):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                out = stage.module(*args)
+                w.append(time.perf_counter() - t0)
+                c.append(time.thread_time() - c0)
+            wall.append(statistics.median(w) * microbatches)
+            cpu.append(statistics.median(c) * microbatches)
+            args = list(out)
+    return wall, cpu
+
+
+def _err(pred: float, meas: float) -> float:
+    return (pred / meas - 1) * 100
 
 
 def pipeline(rounds: int, steps: int, microbatches: int, schedule: str) -> None:
     from autoglm.runtime.pipeline import run_pipeline
+    from autoglm.stage_time import calibrate_dispatch
 
     work = Path(tempfile.mkdtemp(prefix="autoglm-bench-"))
     cases = {"gpt2-12 (chain)": lambda: gpt2_decoder(batch=8, seq=64),
              "inception (branchy)": lambda: inception_net(batch=8, size=16)}
+    calibration = calibrate_dispatch()
     print(f"\npipeline: 2 stage processes (gloo), {schedule}, {microbatches} microbatches, {steps} steps, 1 thread")
+    print(f"  dispatch calibration: {calibration.per_op_s * 1e6:+.2f} us/op, {calibration.per_call_s * 1e6:+.2f} us/call")
+    errors: dict[str, list[float]] = {"alone wall": [], "alone cpu": [], "pipeline": []}
     for name, factory in cases.items():
         model, inputs = factory()
         arts = {}
         for method in ("louvain", "even"):
             cm = autoglm.compile(model, inputs, passes=f"partition(k=2,contiguous=True,method={method})",
                                  devices=["cpu", "cpu"])
-            arts[method] = (work / f"{name.split()[0]}-{method}", cm)
-            cm.save(arts[method][0])
+            path = work / f"{name.split()[0]}-{method}"
+            cm.save(path)
+            arts[method] = (path, cm, _predict(cm, inputs, microbatches, calibration))  # before any stage runs
         with torch.no_grad():
             ref = model(*inputs)
         rates: dict[str, list[float]] = {"louvain": [], "even": []}
+        measured: dict[str, list[list[float]]] = {"louvain": [], "even": []}
         for _ in range(rounds):
             for method in ("louvain", "even"):  # interleaved: same machine load for both
-                path, cm = arts[method]
+                path, cm, _ = arts[method]
                 out, stats = run_pipeline(path, list(inputs), nproc=2, schedule=schedule, microbatches=microbatches,
                                           steps=steps, warmup=2, return_stats=True, step_timeout_s=120)
                 torch.testing.assert_close(out[0], ref)
                 rates[method].append(len(stats.step_s) / sum(stats.step_s))
-                pred = _stage_prediction(cm)
-                meas = [s / steps for s in stats.stage_forward_s]
-                print(f"  {name:20} {method:8} {rates[method][-1]:7.2f} steps/s  cut {cm.plan.forwarded_bytes / 1e3:7.0f} KB"
-                      f"  imbalance {cm.plan.imbalance:4.2f}  stage ms predicted {[round(p * 1e3, 2) for p in pred]}"
-                      f" measured {[round(m * 1e3, 2) for m in meas]}"
-                      f" (measured/predicted {[round(m / p, 2) if p else None for m, p in zip(meas, pred)]})")
+                measured[method].append([s / steps for s in stats.stage_forward_s])
+        for method in ("louvain", "even"):
+            path, cm, (pred, analytic) = arts[method]
+            wall, cpu = _alone(cm, inputs, microbatches)
+            print(f"  {name:20} {method:8} steps/s {[round(r, 2) for r in rates[method]]}"
+                  f"  cut {cm.plan.forwarded_bytes / 1e3:5.0f} KB  imbalance {cm.plan.imbalance:4.2f}"
+                  f"  load avg {os.getloadavg()[0]:.2f}")
+            for s, p in enumerate(pred):
+                runs = [m[s] for m in measured[method]]
+                med = statistics.median(runs)
+                errs = {"alone wall": _err(p, wall[s]), "alone cpu": _err(p, cpu[s]), "pipeline": _err(p, med)}
+                for k, e in errs.items():
+                    errors[k].append(e)
+                print(f"      stage {s}: predicted {p * 1e3:6.2f} ms/step | alone wall {wall[s] * 1e3:6.2f} "
+                      f"({errs['alone wall']:+5.1f}%) cpu {cpu[s] * 1e3:6.2f} ({errs['alone cpu']:+5.1f}%) | pipeline "
+                      f"{[round(r * 1e3, 1) for r in runs]} median {med * 1e3:6.2f} ({errs['pipeline']:+5.1f}%)"
+                      f" | analytic {analytic[s] * 1e3:6.2f} ({_err(analytic[s], med):+4.0f}%)")
         ratio = (sum(rates["louvain"]) / len(rates["louvain"])) / (sum(rates["even"]) / len(rates["even"]))
         print(f"  {name:20} throughput louvain / even = {ratio:.2f}")
+    for k, errs in errors.items():
+        within = sum(abs(e) <= 15 for e in errs)
+        print(f"  stage-time prediction vs {k:10}: {within}/{len(errs)} stages within 15%, "
+              f"max |error| {max(abs(e) for e in errs):5.1f}%, mean |error| {sum(abs(e) for e in errs) / len(errs):5.1f}%")
 
 
 def compression() -> None:
@@ -151,13 +220,15 @@ def main() -> None:
     ap.add_argument("--k", default="2,4,8")
     ap.add_argument("--pipeline", action="store_true")
     ap.add_argument("--compression", action="store_true")
+    ap.add_argument("--no-quality", action="store_true", help="skip the quality table (pipeline runs only)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--microbatches", type=int, default=4)
     ap.add_argument("--schedule", default="gpipe", choices=("gpipe", "1f1b"))
     args = ap.parse_args()
     t0 = time.perf_counter()
-    quality(tuple(int(x) for x in args.k.split(",")))
+    if not args.no_quality:
+        quality(tuple(int(x) for x in args.k.split(",")))
     if args.compression:
         compression()
     if args.pipeline:

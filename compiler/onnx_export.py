@@ -49,7 +49,7 @@ from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.onnx_check import (OnnxExportError, OnnxParityError, ParityRecord, check_external_paths,
                                 check_model, random_like, resized_like, run_parity)
-from autoglm.onnx_int8 import int8_twin, translation_table
+from autoglm.onnx_int8 import int8_twin, replace_qdq_linears, translation_table
 from autoglm.runtime.onnxruntime import OrtExecutor, OrtOptions
 
 __all__ = ["ExportOptions", "OnnxExportResult", "ParityRecord", "OnnxExportError", "OnnxParityError",
@@ -142,6 +142,7 @@ def _lower(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, Any], dict[str
     """
     lowered = fx.GraphModule(gm, copy.deepcopy(gm.graph), class_name="AutoglmOnnxModel")
     lowered.eval()
+    replace_qdq_linears(lowered)  # quantize(lower=False) graphs: the same twins as Int8Linear
     sparse: dict[str, Any] = {}
     int8: dict[str, Any] = {}
     for node in lowered.graph.nodes:

@@ -1,6 +1,7 @@
 """What ``quantize`` can quantize in a graph, and how each layer is simulated.
 
-``find_layers`` recognises Linear (``nn.Linear``, ``F.linear``, ``aten.linear``),
+``find_layers`` recognises Linear (``nn.Linear``, ``F.linear``, ``aten.linear``, and
+``aten.addmm`` with an (in, out) weight: HF ``Conv1D`` under torch.export),
 Conv2d (static mode) and Embedding (weight-only) in either capture spelling and
 returns one ``Layer`` per node, plus the reason for every node it skips.
 ``Layer.simulate`` is the exact math of the layer's q/dq subgraph (the same
@@ -21,8 +22,6 @@ from autoglm.ir.int8 import dequantize_weight, fake_quant_dynamic, fake_quant_st
 from autoglm.ir.ops import OpKind, conv_view, get_attr_value, linear_view, node_module, op_kind
 
 __all__ = ["Layer", "find_layers", "smooth_factors"]
-
-aten = torch.ops.aten
 
 
 @dataclass(eq=False)  # identity: layers are dict keys
@@ -104,10 +103,10 @@ def find_layers(gm: fx.GraphModule, mode: str, per_channel: bool, exclude: Seque
     layers: list[Layer] = []
     skipped: dict[str, str] = {}
     for node in list(gm.graph.nodes):
-        lin = linear_view(node, gm)
+        lin = linear_view(node, gm, addmm=True)  # HF Conv1D: rewritten as aten.linear with (out, in) weights
         conv = None if lin else conv_view(node, gm)
         emb = None if (lin or conv) else _embedding(node, gm)
-        if lin is not None and node.target is not aten.addmm.default:
+        if lin is not None:
             layer = Layer(node, "linear", _name(node, lin.weight_node), lin.input, lin.weight, lin.bias,
                           lin.weight_node, lin.bias_node)
         elif conv is not None:

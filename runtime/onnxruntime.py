@@ -53,10 +53,13 @@ class OrtOptions:
     optimized_model_path: str | None = None
     allow_spinning: bool = True
     session_config: dict[str, str] = field(default_factory=dict)
-    # None: automatic. For int8 QDQ models (metadata "autoglm.int8") onnxruntime's
+    # None: automatic. For int8 QDQ models (metadata "autoglm.int8" and a
+    # DequantizeLinear feeding a MatMul, i.e. static int8 Linears) onnxruntime's
     # MatMulAddFusion turns DQ->MatMul->Add into a float Gemm before its QDQ fusions
     # run, so the MatMul never becomes an int8 kernel (measured: 0/2 -> 2/2 fused
-    # MatMulIntegerToFloat with it off); we switch it off for those models.
+    # MatMulIntegerToFloat with it off); we switch it off for those models. Dynamic
+    # int8 Linears export as MatMulInteger (no DQ->MatMul), so fp32 layers kept in
+    # such a model still get the fusion.
     disabled_optimizers: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
@@ -92,11 +95,16 @@ def _session_options(opts: OrtOptions) -> Any:
 INT8_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
 
 
-def _has_int8_metadata(path: str) -> bool:
+def _has_qdq_matmul(path: str) -> bool:
+    """Our int8 export (metadata ``autoglm.int8``) with a DequantizeLinear feeding a MatMul/Gemm."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
-    return any(p.key == "autoglm.int8" for p in model.metadata_props)
+    if not any(p.key == "autoglm.int8" for p in model.metadata_props):
+        return False
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return any(node.op_type in ("MatMul", "Gemm") and dequantized.intersection(node.input)
+               for node in model.graph.node)
 
 
 def _to_numpy(t: Any, name: str) -> np.ndarray:
@@ -124,7 +132,7 @@ class OrtExecutor:
         self.options = options
         disabled = options.disabled_optimizers
         if disabled is None:
-            disabled = INT8_DISABLED_OPTIMIZERS if _has_int8_metadata(self.path) else ()
+            disabled = INT8_DISABLED_OPTIMIZERS if _has_qdq_matmul(self.path) else ()
         self.session = ort.InferenceSession(self.path, _session_options(options), providers=list(options.providers),
                                             disabled_optimizers=list(disabled) or None)
         self.input_names = [i.name for i in self.session.get_inputs()]

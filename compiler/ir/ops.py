@@ -197,7 +197,16 @@ def get_attr_value(node: Any, gm: fx.GraphModule) -> Any:
 
 @dataclass
 class LinearView:
-    """A linear layer seen through any spelling: y = x @ weight.T + bias."""
+    """A linear layer seen through any spelling: y = x @ weight.T + bias.
+
+    ``weight`` is always in ``nn.Linear``'s (out, in) orientation. When
+    ``weight_transposed`` is True the stored tensor behind ``weight_node`` is
+    (in, out) (``aten.addmm(bias, x2d, W)``, what Hugging Face ``Conv1D`` becomes
+    under torch.export) and ``weight`` is a transposed view of it: a rewrite that
+    replaces the node may emit ``aten.linear(input, weight', bias)`` with an
+    (out, in) weight (``input`` is then 2-D), but one that edits the stored
+    tensor in place must store the transpose.
+    """
 
     node: fx.Node
     input: fx.Node
@@ -206,10 +215,29 @@ class LinearView:
     weight_node: fx.Node | None  # get_attr node, for functional spellings
     bias_node: fx.Node | None
     module: nn.Linear | None
+    weight_transposed: bool = False
 
 
-def linear_view(node: fx.Node, gm: fx.GraphModule) -> LinearView | None:
-    """Describe ``node`` as a linear with constant weights, or return None."""
+def _addmm_view(node: fx.Node, gm: fx.GraphModule) -> LinearView | None:
+    """``aten.addmm(bias, x2d, W)`` with ``W`` (in, out) and bias a get_attr: x2d @ W + bias."""
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1 or len(node.args) != 3:
+        return None
+    b_node, x, w_node = node.args
+    w, b = get_attr_value(w_node, gm), get_attr_value(b_node, gm)
+    if not isinstance(x, fx.Node) or not isinstance(w, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return None
+    if w.dim() != 2 or b.dim() != 1 or b.shape[0] != w.shape[1]:
+        return None  # a bias broadcast over rows (or a matrix) is not a linear's bias
+    return LinearView(node, x, w.t(), b, w_node, b_node, None, weight_transposed=True)
+
+
+def linear_view(node: fx.Node, gm: fx.GraphModule, *, addmm: bool = False) -> LinearView | None:
+    """Describe ``node`` as a linear with constant weights, or return None.
+
+    ``addmm=True`` also accepts ``aten.addmm(bias, x2d, W_in_out)`` (HF ``Conv1D``),
+    reported with ``weight_transposed=True``; off by default because passes that
+    edit weights in place must handle that orientation explicitly.
+    """
     if node.op == "call_module":
         mod = node_module(node, gm)
         if type(mod) is nn.Linear and isinstance(node.args[0], fx.Node):
@@ -229,6 +257,8 @@ def linear_view(node: fx.Node, gm: fx.GraphModule) -> LinearView | None:
         if b_node is not None and not isinstance(b, torch.Tensor):
             return None
         return LinearView(node, x, w, b, w_node, b_node, None)
+    if addmm and target is aten.addmm.default:
+        return _addmm_view(node, gm)
     return None
 
 

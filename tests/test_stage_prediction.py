@@ -1,0 +1,90 @@
+"""Stage-time prediction (autoglm.stage_time): what a prediction is built from, not how fast anything runs."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import autoglm
+from autoglm.cost import CostModel
+from autoglm.ir.meta import annotation, iter_compute_nodes
+from autoglm.stage_time import DispatchCalibration, calibrate_dispatch, predict_stage_times
+
+
+def _partitioned(batch: int = 4):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(batch, 16)
+    cm = autoglm.compile(model, (x,), passes="partition(k=2,contiguous=True)", devices=["cpu", "cpu"])
+    return cm.graph_module, x
+
+
+def _stage_nodes(gm, prediction):
+    return [n for n in iter_compute_nodes(gm.graph) if annotation(n).partition == prediction.partition]
+
+
+def test_measured_prediction_is_the_sum_of_node_latencies_plus_calibrated_overhead():
+    gm, _ = _partitioned()
+    nodes = list(iter_compute_nodes(gm.graph))
+    for i, n in enumerate(nodes):  # distinct known latencies: the prediction must add exactly these
+        annotation(n).latency_s = (i + 1) * 1e-3
+    cal = DispatchCalibration(per_op_s=2e-6, per_call_s=5e-6)
+    preds = predict_stage_times(gm, None, microbatches=3, cost="measured", calibration=cal)
+    assert [p.stage for p in preds] == [0, 1]
+    assert sum(p.nodes for p in preds) == len(nodes)
+    for p in preds:
+        mine = _stage_nodes(gm, p)
+        assert p.nodes == len(mine) > 0
+        assert math.isclose(p.node_s, sum(annotation(n).latency_s for n in mine), rel_tol=1e-12)
+        assert math.isclose(p.overhead_s, 5e-6 + 2e-6 * len(mine), rel_tol=1e-12)
+        assert math.isclose(p.per_step_s, 3 * (p.node_s + p.overhead_s), rel_tol=1e-12)
+
+
+def test_analytic_prediction_ignores_measured_latencies():
+    gm, _ = _partitioned()
+    for n in iter_compute_nodes(gm.graph):
+        annotation(n).latency_s = 1.0  # absurd: must not leak into an analytic prediction
+    analytic = CostModel("analytic")
+    for p in predict_stage_times(gm, None, microbatches=1, cost="analytic"):
+        expected = sum(analytic.analytic(n) for n in _stage_nodes(gm, p))
+        assert math.isclose(p.node_s, expected, rel_tol=1e-12)
+        assert p.node_s < p.nodes * 1.0
+        assert p.overhead_s == 0.0  # no calibration given
+
+
+def test_microbatch_inputs_are_timed_on_a_copy_at_microbatch_shape():
+    gm, x = _partitioned(batch=4)
+    before = {n.name: (annotation(n).latency_s, [s.shape for s in annotation(n).outputs])
+              for n in iter_compute_nodes(gm.graph)}
+    mb = x[:2]
+    preds = predict_stage_times(gm, [mb], microbatches=2, cost="measured")
+    # the caller's graph keeps its own annotations (shapes at the compile batch)
+    after = {n.name: (annotation(n).latency_s, [s.shape for s in annotation(n).outputs])
+             for n in iter_compute_nodes(gm.graph)}
+    assert after == before
+    # timings are cached by op and shape: timing a fresh copy at the same shape gives the
+    # very latencies the prediction was built from
+    again = copy.deepcopy(gm)
+    CostModel("measured").measure(again, [mb])
+    first = next(iter_compute_nodes(again.graph)).name
+    assert [n for n in iter_compute_nodes(again.graph)][0].meta["autoglm"].outputs[0].shape[0] == 2
+    assert before[first][1][0][0] == 4
+    for p in preds:
+        mine = [n for n in iter_compute_nodes(again.graph) if annotation(n).partition == p.partition]
+        assert p.node_s > 0
+        assert math.isclose(p.node_s, sum(annotation(n).latency_s for n in mine), rel_tol=1e-12)
+
+
+def test_calibration_is_finite_and_checks_its_arguments():
+    cal = calibrate_dispatch(short=6, long=60, repeats=3, rounds=5)
+    assert math.isfinite(cal.per_op_s) and math.isfinite(cal.per_call_s)
+    assert abs(cal.per_op_s) < 1e-3  # a per-op correction of a millisecond would be a broken fit
+    with pytest.raises(ValueError, match="short"):
+        calibrate_dispatch(short=10, long=5)
+
+
+def test_bad_microbatches_is_a_clear_error():
+    gm, _ = _partitioned()
+    with pytest.raises(ValueError, match="microbatches"):
+        predict_stage_times(gm, None, microbatches=0)
