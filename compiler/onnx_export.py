@@ -446,27 +446,52 @@ def export_graph(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], tar
     t0 = time.perf_counter()
     lowered, sparse, int8_meta, has_int8 = _lower(gm)
     dynamic = _probe_dynamic(gm, inputs, gen) if opts.dynamic else {}
-    probe = _probe_inputs(inputs, dynamic, gen)
     onnx_program, dynamic = _export_with_fallback(lowered, inputs, opts, dynamic, input_names, output_names)
-    probe = _probe_inputs(inputs, dynamic, torch.Generator().manual_seed(opts.seed + 7))
     metadata = {"autoglm.version": _autoglm_version(), **(metadata or {})}
     if sparse:
         metadata["autoglm.sparse"] = json.dumps(sparse)
     if int8_meta:
         metadata["autoglm.int8"] = json.dumps(int8_meta)
+    budget = int8_budget_db if has_int8 else None
+    try:
+        export_s = time.perf_counter() - t0
+        return _save_checked(gm, onnx_program, dynamic, inputs, target, opts, input_names, metadata, budget,
+                             has_int8, export_s)
+    except Exception as exc:
+        if not dynamic or not _is_run_failure(exc):
+            raise
+        # onnxruntime could not run the file with symbolic axes (found by the fuzzer:
+        # a broadcast that is only valid while an axis stays 1 made its memory planner
+        # reuse a buffer of another shape). The model does not really allow those
+        # axes: export it static and check again.
+        t0 = time.perf_counter()
+        onnx_program, dynamic = _export_with_fallback(lowered, inputs, opts, {}, input_names, output_names)
+        return _save_checked(gm, onnx_program, dynamic, inputs, target, opts, input_names, metadata, budget,
+                             has_int8, time.perf_counter() - t0)
+
+
+def _is_run_failure(exc: BaseException) -> bool:
+    """A parity mismatch or an onnxruntime execution error (not a usage error)."""
+    return isinstance(exc, OnnxParityError) or type(exc).__module__.startswith("onnxruntime")
+
+
+def _save_checked(gm: fx.GraphModule, onnx_program: Any, dynamic: dict[str, list[int]], inputs: list[torch.Tensor],
+                  target: Path, opts: ExportOptions, input_names: list[str], metadata: dict[str, str],
+                  min_sqnr_db: float | None, has_int8: bool, export_s: float) -> OnnxExportResult:
+    """Write the model into a staging folder, check it there, then move it into place."""
+    probe = _probe_inputs(inputs, dynamic, torch.Generator().manual_seed(opts.seed + 7))
     onnx_program.model.metadata_props.update(metadata)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tmp_model = tmp / target.name
         onnx_program.save(str(tmp_model), external_data=opts.external_data)
-        export_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         external = check_external_paths(tmp_model)
         parity: list[ParityRecord] = []
         if opts.check:
             check_model(tmp_model)
-            parity = _parity(gm, tmp_model, inputs, probe, opts, int8_budget_db if has_int8 else None)
+            parity = _parity(gm, tmp_model, inputs, probe, opts, min_sqnr_db)
         check_s = time.perf_counter() - t0
         for f in tmp.iterdir():
             os.replace(f, target.parent / f.name)
