@@ -149,7 +149,7 @@ def bert(args: argparse.Namespace) -> None:
     from examples.models import bert_base_encoder
 
     model, inputs = bert_base_encoder(batch=8, seq=128, layers=args.layers)
-    q = Quantize(max_error=args.min_cosine, progress=False)
+    q = Quantize(max_error=args.min_cosine, min_layer_sqnr_db=args.min_layer_sqnr, progress=False)
     bench(f"BERT-base-sized encoder ({args.layers} layers, random weights)", model, inputs, [inputs], first, q,
           args.repeats)
 
@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", type=int, default=12, help="BERT-base layers (12 is the real size)")
     parser.add_argument("--min-cosine", type=float, default=0.99, help="quantize(max_error=...) budget")
+    parser.add_argument("--min-layer-sqnr", type=float, default=30.0,
+                        help="quantize(min_layer_sqnr_db=...): weaker layers stay fp32 (issue goal: 30 dB)")
     parser.add_argument("--smooth", type=float, default=None, help="SmoothQuant alpha for MiniLM")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
