@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -33,6 +31,7 @@ import torch.fx as fx
 
 from autoglm.ir.meta import annotation, has_annotation, iter_compute_nodes, output_specs
 from autoglm.ir.ops import OpKind, op_kind
+from autoglm.ir.timing import median_seconds
 
 __all__ = ["MachineProfile", "CostModel", "CostKind", "measure_machine", "machine_profile"]
 
@@ -51,28 +50,18 @@ class MachineProfile:
         return asdict(self)
 
 
-def _median_time(fn: Any, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
 def measure_machine(repeats: int = 5) -> MachineProfile:
     """Measure peak GEMM FLOP/s, copy bandwidth and op dispatch time (~1 s)."""
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
-    gemm = _median_time(lambda: torch.mm(a, b), repeats)
+    gemm = median_seconds(lambda: torch.mm(a, b), repeats)
     big = torch.empty(32 * 1024 * 1024 // 4)
     dst = torch.empty_like(big)
-    copy = _median_time(lambda: dst.copy_(big), repeats)
+    copy = median_seconds(lambda: dst.copy_(big), repeats)
     tiny = torch.randn(4)
-    dispatch = _median_time(lambda: [torch.add(tiny, tiny) for _ in range(100)], repeats) / 100
+    dispatch = median_seconds(lambda: [torch.add(tiny, tiny) for _ in range(100)], repeats) / 100
     shape = (2, 16, 64)
-    python_op = _median_time(lambda: [shape[1] for _ in range(1000)], repeats) / 1000
+    python_op = median_seconds(lambda: [shape[1] for _ in range(1000)], repeats) / 1000
     return MachineProfile(
         peak_flops=2 * n**3 / gemm,
         bandwidth=2 * big.numel() * 4 / copy,

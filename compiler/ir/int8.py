@@ -22,14 +22,14 @@ Two layers:
 from __future__ import annotations
 
 import math
-import statistics
-import time
 import warnings
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from autoglm.ir.timing import median_seconds
 
 with warnings.catch_warnings():  # the registration import itself is fine; silence ao's deprecation notes
     warnings.simplefilter("ignore")
@@ -130,16 +130,6 @@ class _Int8Base(nn.Module):
     def __deepcopy__(self, memo: dict) -> "_Int8Base":  # packed kernel state is rebuilt, never copied
         config, tensors = self.__autoglm_save__()
         return type(self).__autoglm_load__(config, {k: v.clone() for k, v in tensors.items()})
-
-
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 # Kernels per linear mode, in the order tried; the fastest measured one wins.
@@ -321,7 +311,7 @@ def choose_kernel(make: Callable[[str], nn.Module], candidates: Sequence[str], e
                     mod = make(kernel)
                     if reference is not None and _sqnr_db(reference, mod(example)) < MIN_KERNEL_SQNR_DB:
                         continue
-                    times[kernel] = _median_s(lambda: mod(example), repeats)
+                    times[kernel] = median_seconds(lambda: mod(example), repeats)
                 except (RuntimeError, NotImplementedError):
                     continue
         _KERNEL_TIMES[key] = times
