@@ -152,7 +152,8 @@ def pipeline(rounds: int, steps: int, microbatches: int, schedule: str) -> None:
              "inception (branchy)": lambda: inception_net(batch=8, size=16)}
     calibration = calibrate_dispatch()
     print(f"\npipeline: 2 stage processes (gloo), {schedule}, {microbatches} microbatches, {steps} steps, 1 thread")
-    print(f"  dispatch calibration: {calibration.per_op_s * 1e6:+.2f} us/op, {calibration.per_call_s * 1e6:+.2f} us/call")
+    print(f"  dispatch calibration: {calibration.per_op_s * 1e6:+.2f} us/op, {calibration.per_call_s * 1e6:+.2f} us/call, "
+          f"{calibration.per_module_s * 1e6:+.2f} us/module call")
     errors: dict[str, list[float]] = {"alone wall": [], "alone cpu": [], "pipeline": []}
     for name, factory in cases.items():
         model, inputs = factory()

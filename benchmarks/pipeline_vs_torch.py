@@ -120,6 +120,21 @@ def split_into_equal_size(nstages: int) -> Callable[[fx.GraphModule], fx.GraphMo
     return policy
 
 
+def _use_codegen(module: torch.nn.Module) -> None:
+    """Run torch's stage submodules through their generated code instead of ``fx.Interpreter``.
+
+    torch's frontend outlines each stage's module hierarchy as ``InterpreterModule``s,
+    which by default interpret their graph node by node in Python. The generated
+    code is what ``torch.export.unflatten``'s private ``_disable_interpreter()``
+    switches to; we set the same per-module flag (private in torch 2.13).
+    """
+    from torch.export.unflatten import InterpreterModule
+
+    for sub in module.modules():
+        if isinstance(sub, InterpreterModule):
+            sub._run_with_interpreter = False
+
+
 def torch_worker(args: argparse.Namespace) -> int:
     """One torchrun rank of torch's own pipeline (``--worker``)."""
     from datetime import timedelta
@@ -141,6 +156,8 @@ def torch_worker(args: argparse.Namespace) -> int:
         if pipe.num_stages != world:
             raise RuntimeError(f"torch's split made {pipe.num_stages} stages, expected {world}")
         stage = pipe.build_stage(rank, torch.device("cpu"))
+        if args.codegen:
+            _use_codegen(stage.submod)
         forward_s = [0.0]
 
         def before(mod: Any, inp: Any) -> None:
@@ -177,7 +194,7 @@ def torch_worker(args: argparse.Namespace) -> int:
 
 
 def run_torch(graph: str, inputs: list[torch.Tensor], work: Path, schedule: str, microbatches: int, steps: int,
-              warmup: int) -> dict[str, Any]:
+              warmup: int, codegen: bool = False) -> dict[str, Any]:
     """Launch torch's pipeline under torchrun; returns steps/s, per-stage forward time and outputs (or error)."""
     from safetensors.torch import load_file, save_file
 
@@ -188,7 +205,7 @@ def run_torch(graph: str, inputs: list[torch.Tensor], work: Path, schedule: str,
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=0",
            str(Path(__file__).resolve()), "--worker", "--graph", graph, "--inputs", str(work / "inputs.safetensors"),
            "--out", str(out), "--result", str(result), "--schedule", schedule, "--microbatches", str(microbatches),
-           "--steps", str(steps), "--warmup", str(warmup)]
+           "--steps", str(steps), "--warmup", str(warmup)] + (["--codegen"] if codegen else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     ranks = []
@@ -198,9 +215,11 @@ def run_torch(graph: str, inputs: list[torch.Tensor], work: Path, schedule: str,
         except (OSError, ValueError):
             ranks.append({"error": f"rank {r} wrote no result (torchrun exit {proc.returncode}): "
                                    f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"})
-    errors = [r["error"] for r in ranks if "error" in r]
+    errors = [f"rank {i}: {r['error']}" for i, r in enumerate(ranks) if "error" in r]
     if errors:
-        return {"error": errors[0]}
+        # a rank that lost its peer reports "Connection closed by peer": list the cause first
+        errors.sort(key=lambda e: "closed by peer" in e)
+        return {"error": "; ".join(e[:160] for e in errors)}
     stored = load_file(str(out))
     return {"rate": len(ranks[1]["step_s"]) / sum(ranks[1]["step_s"]),
             "stage_ms": [r["stage_forward_s"] * 1e3 for r in ranks],
@@ -217,6 +236,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--torch-variants", default="default,codegen",
+                    help="torch baselines: default (stages run by fx.Interpreter, as torch ships them) and/or "
+                         "codegen (the same stages through generated code: a stronger baseline)")
     # worker mode (started by torchrun; not for direct use)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--graph", help=argparse.SUPPRESS)
@@ -224,6 +246,7 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--codegen", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         sys.exit(torch_worker(args))
@@ -258,8 +281,10 @@ def compare(graphs: list[str], args: argparse.Namespace) -> None:
         print(f"\n{graph} ({GRAPHS[graph][2]}): compiled by {cm.frontend} at microbatch size in {compile_s:.1f} s; "
               f"louvain stages: params {[p.param_bytes // 4 for p in plan.parts]}, "
               f"forwarded {plan.forwarded_bytes / 1e3:.0f} KB, imbalance {plan.imbalance:.2f}")
-        rates: dict[str, list[float]] = {"autoglm": [], "torch": []}
-        torch_error = None
+        variants = [v.strip() for v in args.torch_variants.split(",") if v.strip()]
+        sides = ["autoglm"] + [f"torch-{v}" for v in variants]
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        torch_error: dict[str, str] = {}
         for rnd in range(args.rounds):
             try:
                 out, stats = run_pipeline(art, list(inputs), nproc=2, schedule=args.schedule,
@@ -268,31 +293,37 @@ def compare(graphs: list[str], args: argparse.Namespace) -> None:
                 torch.testing.assert_close(out[0], ref)
                 rates["autoglm"].append(len(stats.step_s) / sum(stats.step_s))
                 ours = [round(s / args.steps * 1e3, 2) for s in stats.stage_forward_s]
-                print(f"  round {rnd}  autoglm {rates['autoglm'][-1]:7.2f} steps/s  stage forward ms/step {ours}")
+                print(f"  round {rnd}  {'autoglm':15} {rates['autoglm'][-1]:7.2f} steps/s  stage forward ms/step {ours}")
             except PipelineFault as fault:
                 print(f"  round {rnd}  autoglm FAILED: {fault}")
-            if torch_error is None:
-                res = run_torch(graph, list(inputs), work, args.schedule, args.microbatches, args.steps, args.warmup)
+            for v in variants:
+                side = f"torch-{v}"
+                if side in torch_error:
+                    continue
+                res = run_torch(graph, list(inputs), work, args.schedule, args.microbatches, args.steps, args.warmup,
+                                codegen=v == "codegen")
                 if "error" in res:
-                    torch_error = res["error"]
-                    print(f"  round {rnd}  torch   cannot run this model: {torch_error}")
+                    torch_error[side] = res["error"]
+                    print(f"  round {rnd}  {side:15} cannot run this model: {res['error']}")
                     continue
                 torch.testing.assert_close(res["outputs"][0], ref)
-                rates["torch"].append(res["rate"])
-                print(f"  round {rnd}  torch   {res['rate']:7.2f} steps/s  stage forward ms/step "
+                rates[side].append(res["rate"])
+                print(f"  round {rnd}  {side:15} {res['rate']:7.2f} steps/s  stage forward ms/step "
                       f"{[round(s, 2) for s in res['stage_ms']]}  stage params {res['params']}")
         kind = GRAPHS[graph][2]
-        if rates["autoglm"] and rates["torch"]:
-            ratio = statistics.median(rates["autoglm"]) / statistics.median(rates["torch"])
-            per_round = [a / t for a, t in zip(rates["autoglm"], rates["torch"])]
-            verdict = "meets" if ratio >= GOAL[kind] else "misses"
-            line = (f"{graph:10} {kind:8} autoglm {statistics.median(rates['autoglm']):7.2f} / torch "
-                    f"{statistics.median(rates['torch']):7.2f} steps/s (medians) = {ratio:.2f}x  "
-                    f"per round {[round(r, 2) for r in per_round]}  goal >= {GOAL[kind]} {verdict}")
-        else:
-            line = f"{graph:10} {kind:8} no ratio: torch error: {torch_error}" if torch_error else \
-                f"{graph:10} {kind:8} no ratio: autoglm failed"
-        summary.append(line)
+        for side in sides[1:]:
+            if rates["autoglm"] and rates[side]:
+                ratio = statistics.median(rates["autoglm"]) / statistics.median(rates[side])
+                per_round = [a / t for a, t in zip(rates["autoglm"], rates[side])]
+                verdict = "meets" if ratio >= GOAL[kind] else "misses"
+                line = (f"{graph:10} {kind:8} vs {side:14} autoglm {statistics.median(rates['autoglm']):6.2f} / "
+                        f"{statistics.median(rates[side]):6.2f} steps/s (medians) = {ratio:.2f}x  "
+                        f"per round {[round(r, 2) for r in per_round]}  goal >= {GOAL[kind]} {verdict}")
+            elif side in torch_error:
+                line = f"{graph:10} {kind:8} vs {side:14} no ratio: torch's pipeline failed: {torch_error[side]}"
+            else:
+                line = f"{graph:10} {kind:8} vs {side:14} no ratio: autoglm's pipeline failed"
+            summary.append(line)
     print("\nsummary (" + args.schedule + "):")
     for line in summary:
         print("  " + line)

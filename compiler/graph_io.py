@@ -213,6 +213,9 @@ def _module_to_json(mod: nn.Module, prefix: str, tensors: dict[str, torch.Tensor
             tensors[f"{prefix}{name}"] = p.detach()
     entry["params"] = [n for n, p in mod._parameters.items() if p is not None]
     entry["buffers"] = [n for n, b in mod._buffers.items() if b is not None]
+    # Registered as None (Conv2d(bias=False).bias): forward reads the attribute, so it
+    # must exist after loading (found on a ResNet artifact).
+    entry["none_params"] = [n for n, p in mod._parameters.items() if p is None]
     for name, b in mod._buffers.items():
         if b is not None:
             tensors[f"{prefix}{name}"] = b
@@ -252,6 +255,8 @@ def _module_from_json(entry: dict, prefix: str, tensors: dict[str, torch.Tensor]
         mod = nn.Module()  # a user container: only its children and tensors matter
     for name in entry.get("params", []):
         mod.register_parameter(name, nn.Parameter(tensors[f"{prefix}{name}"], requires_grad=False))
+    for name in entry.get("none_params", []):
+        mod.register_parameter(name, None)
     for name in entry.get("buffers", []):
         mod.register_buffer(name, tensors[f"{prefix}{name}"])
     for name in entry.get("tensor_attrs", []):

@@ -10,22 +10,26 @@ A stage's time for one microbatch is built from parts that are measured
 before any stage runs:
 
     per_microbatch_s = per_call_s + sum(node_cost(n) + per_op_s for n in stage)
+                       + per_module_s * (call_module nodes in stage)
 
 * ``node_cost`` comes from ``autoglm.cost.CostModel``: ``"measured"`` (default)
   times every node on its real inputs *at microbatch size* (cached by op and
   shapes, so identical layers are timed once); ``"analytic"`` is the roofline.
-* ``per_op_s`` / ``per_call_s`` (``DispatchCalibration``) correct for how the
-  node timings were taken: each node is timed alone through an interpreter,
+* ``per_op_s`` / ``per_call_s`` / ``per_module_s`` (``DispatchCalibration``)
+  correct for how the node timings were taken: each node is timed alone through
+  an interpreter (submodule calls also through the annotator's module hooks),
   while a stage runs the ``GraphModule``'s generated code with one Python call.
-  ``calibrate_dispatch`` measures both on a small synthetic chain (never on the
-  graph being predicted): the difference between the chain's own run time and the
+  ``calibrate_dispatch`` measures them on small synthetic chains (never on the
+  graph being predicted): the difference between a chain's own run time and the
   sum of its nodes' timings, fitted over two chain lengths (slope = per op,
-  intercept = per call). The correction can be negative (timing a node alone
-  pays a timer and an interpreter call that generated code does not).
+  intercept = per call), plus a chain of ``call_module`` nodes for the extra per
+  module. Corrections can be negative (timing a node alone pays a timer and an
+  interpreter call that generated code does not).
 
-Why not the roofline alone: on a 1-thread CPU it is 3-13x below what small ops
-really take (launch, allocation and cache effects dominate at these sizes);
-measured node costs carry those effects with them. Stages are numbered as the
+Why not the roofline alone: on a 1-thread CPU it misses what small or oddly
+shaped ops really take (about 4x low on the Inception net's stages, whose 3x3
+max-pools run far below peak bandwidth); measured node costs carry launch,
+allocation and cache effects with them. Stages are numbered as the
 pipeline runs them (``autoglm.runtime.partition_graphs.partition_order``).
 """
 from __future__ import annotations
@@ -51,12 +55,15 @@ class DispatchCalibration:
 
     per_op_s: float  # per node: generated code vs timing the node alone (may be negative)
     per_call_s: float  # per call of the stage module (argument binding, output tuple)
+    # extra per ``call_module`` node: timing a submodule alone goes through the annotator's
+    # module hooks (its FLOP counter tracks modules), which the stage does not pay
+    per_module_s: float = 0.0
 
-    def overhead(self, nodes: int) -> float:
-        return self.per_call_s + nodes * self.per_op_s
+    def overhead(self, nodes: int, modules: int = 0) -> float:
+        return self.per_call_s + nodes * self.per_op_s + modules * self.per_module_s
 
 
-NO_CALIBRATION = DispatchCalibration(0.0, 0.0)
+NO_CALIBRATION = DispatchCalibration(0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -78,6 +85,18 @@ class StagePrediction:
         return self.per_microbatch_s * self.microbatches
 
 
+def _module_chain(length: int) -> fx.GraphModule:
+    """A chain of ``call_module`` nodes (ReLU submodules): what module calls cost beyond a function."""
+    root = torch.nn.Module()
+    g = fx.Graph()
+    x = g.placeholder("x")
+    for i in range(length):
+        root.add_module(f"act{i}", torch.nn.ReLU())
+        x = g.call_module(f"act{i}", (x,))
+    g.output((x,))
+    return fx.GraphModule(root, g)
+
+
 def _calibration_chain(length: int) -> fx.GraphModule:
     """A chain of small ops like those between a stage's GEMMs (add, activation, views)."""
     g = fx.Graph()
@@ -96,9 +115,8 @@ def _calibration_chain(length: int) -> fx.GraphModule:
     return fx.GraphModule(torch.nn.Module(), g)
 
 
-def _residual(length: int, repeats: int, rounds: int) -> tuple[float, int]:
-    """(chain run time - sum of its nodes' timings, node count) for one chain length."""
-    gm = _calibration_chain(length)
+def _residual(gm: fx.GraphModule, repeats: int, rounds: int) -> tuple[float, int]:
+    """(chain run time - sum of its nodes' timings, node count)."""
     x = torch.randn(64)
     cost = CostModel("measured", repeats=repeats)
     cost.measure(gm, [x])
@@ -121,10 +139,13 @@ def calibrate_dispatch(short: int = 12, long: int = 240, repeats: int = 5, round
     """
     if not 0 < short < long:
         raise ValueError(f"calibrate_dispatch: need 0 < short < long chain lengths, got short={short}, long={long}")
-    r_short, n_short = _residual(short, repeats, rounds)
-    r_long, n_long = _residual(long, repeats, rounds)
+    r_short, n_short = _residual(_calibration_chain(short), repeats, rounds)
+    r_long, n_long = _residual(_calibration_chain(long), repeats, rounds)
     per_op = (r_long - r_short) / (n_long - n_short)
-    return DispatchCalibration(per_op_s=per_op, per_call_s=r_short - n_short * per_op)
+    per_call = r_short - n_short * per_op
+    r_mod, n_mod = _residual(_module_chain(long), repeats, rounds)
+    per_module = (r_mod - per_call) / n_mod - per_op
+    return DispatchCalibration(per_op_s=per_op, per_call_s=per_call, per_module_s=per_module)
 
 
 def _private_copy(gm: fx.GraphModule) -> fx.GraphModule:
@@ -164,5 +185,6 @@ def predict_stage_times(gm: fx.GraphModule, microbatch_inputs: Sequence[Any] | N
     for stage, p in enumerate(order):
         nodes = [n for n in iter_compute_nodes(gm.graph) if parts[n] == p]
         node_s = sum(model.node_cost(n) for n in nodes)
-        result.append(StagePrediction(stage, p, len(nodes), node_s, cal.overhead(len(nodes)), microbatches))
+        modules = sum(n.op == "call_module" for n in nodes)
+        result.append(StagePrediction(stage, p, len(nodes), node_s, cal.overhead(len(nodes), modules), microbatches))
     return result

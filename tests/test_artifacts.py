@@ -70,3 +70,13 @@ def test_load_refuses_non_allowlisted_module_class(tmp_path):
 def test_load_of_non_artifact_is_clear(tmp_path):
     with pytest.raises(ArtifactError, match="not an autoglm artifact"):
         autoglm.load(tmp_path)
+
+
+def test_round_trip_of_layers_without_bias(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, bias=False), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3, bias=False)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    autoglm.compile(model, (x,)).save(tmp_path / "art")
+    loaded = autoglm.load(tmp_path / "art")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

@@ -29,7 +29,7 @@ def test_measured_prediction_is_the_sum_of_node_latencies_plus_calibrated_overhe
     nodes = list(iter_compute_nodes(gm.graph))
     for i, n in enumerate(nodes):  # distinct known latencies: the prediction must add exactly these
         annotation(n).latency_s = (i + 1) * 1e-3
-    cal = DispatchCalibration(per_op_s=2e-6, per_call_s=5e-6)
+    cal = DispatchCalibration(per_op_s=2e-6, per_call_s=5e-6, per_module_s=7e-6)
     preds = predict_stage_times(gm, None, microbatches=3, cost="measured", calibration=cal)
     assert [p.stage for p in preds] == [0, 1]
     assert sum(p.nodes for p in preds) == len(nodes)
@@ -37,7 +37,8 @@ def test_measured_prediction_is_the_sum_of_node_latencies_plus_calibrated_overhe
         mine = _stage_nodes(gm, p)
         assert p.nodes == len(mine) > 0
         assert math.isclose(p.node_s, sum(annotation(n).latency_s for n in mine), rel_tol=1e-12)
-        assert math.isclose(p.overhead_s, 5e-6 + 2e-6 * len(mine), rel_tol=1e-12)
+        modules = sum(n.op == "call_module" for n in mine)
+        assert math.isclose(p.overhead_s, 5e-6 + 2e-6 * len(mine) + 7e-6 * modules, rel_tol=1e-12)
         assert math.isclose(p.per_step_s, 3 * (p.node_s + p.overhead_s), rel_tol=1e-12)
 
 
@@ -78,8 +79,9 @@ def test_microbatch_inputs_are_timed_on_a_copy_at_microbatch_shape():
 
 def test_calibration_is_finite_and_checks_its_arguments():
     cal = calibrate_dispatch(short=6, long=60, repeats=3, rounds=5)
-    assert math.isfinite(cal.per_op_s) and math.isfinite(cal.per_call_s)
-    assert abs(cal.per_op_s) < 1e-3  # a per-op correction of a millisecond would be a broken fit
+    assert all(math.isfinite(v) for v in (cal.per_op_s, cal.per_call_s, cal.per_module_s))
+    # a correction of a millisecond per op would be a broken fit
+    assert abs(cal.per_op_s) < 1e-3 and abs(cal.per_module_s) < 1e-3
     with pytest.raises(ValueError, match="short"):
         calibrate_dispatch(short=10, long=5)
 
