@@ -51,3 +51,16 @@ def test_bert_base_sized_encoder_two_layers():
     cm = autoglm.compile(model, inputs)
     with torch.no_grad():
         torch.testing.assert_close(cm(*inputs), model(*inputs))
+
+
+def test_hf_model_with_padding_is_one_exported_graph():
+    """HF attention-mask fast paths branch on data under symbolic tracing; export is
+    the sound single graph (and the only one that saves and exports to ONNX)."""
+    (_, bert, kwargs), _ = _hf_models()
+    mask = kwargs["attention_mask"].clone()
+    mask[0, 10:] = 0
+    kwargs = {**kwargs, "attention_mask": mask}
+    cm = autoglm.compile(bert, kwargs, passes="none")
+    assert type(cm) is autoglm.CompiledModel and cm.frontend == "export"
+    with torch.no_grad():
+        torch.testing.assert_close(cm(**kwargs).last_hidden_state, bert(**kwargs).last_hidden_state)

@@ -44,6 +44,16 @@ def _is_branch_failure(exc: BaseException) -> bool:
     return isinstance(exc, CaptureError) and str(exc).startswith("data-dependent")
 
 
+def _written_for_export(model: nn.Module) -> bool:
+    """Hugging Face models: their data-dependent branches (attention-mask fast paths)
+    are switched off under torch.export (``is_torchdynamo_compiling``), so export gives
+    one sound graph that saves and exports to ONNX, where a branching ``Program``
+    would split them into mask-dependent paths (measured: all-MiniLM-L6-v2 with
+    padded sentences became a Program). Such models go straight to export."""
+    return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
+               for cls in type(model).__mro__)
+
+
 def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, frontend: str = "auto",
             branches: bool = False) -> Captured:
     """Capture ``model(*args, **kwargs)`` into a flat graph.
@@ -75,7 +85,7 @@ def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, fron
         except Exception as exc:  # each frontend fails in its own way; keep the reason
             reasons[name] = _one_line(exc)
             source = source or getattr(exc, "source", "")
-            if branches and name == "symbolic" and _is_branch_failure(exc):
+            if branches and name == "symbolic" and _is_branch_failure(exc) and not _written_for_export(model):
                 return Captured(None, copy.copy(sig), "branching", list(flat_inputs), reasons)  # type: ignore[arg-type]
             continue
         if trial_sig.out_spec is None:
