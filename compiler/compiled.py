@@ -42,9 +42,16 @@ class CompiledModel:
         self.frontend = frontend
         self.executor = executor or graph_module
         self.notes = dict(notes or {})
+        # torch.export specialises the graph to the example shapes: say so clearly
+        # instead of failing deep inside a kernel when a call brings other shapes.
+        self._fixed_shapes = ([tuple(t.shape) for t in self.example_inputs] if frontend == "export" else None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = self.signature.flatten_inputs(args, kwargs)
+        if self._fixed_shapes is not None and [tuple(t.shape) for t in flat] != self._fixed_shapes:
+            raise ValueError(
+                f"this model was captured by torch.export for input shapes {self._fixed_shapes}, called with "
+                f"{[tuple(t.shape) for t in flat]}; compile again with example inputs of the shapes you will use")
         out = self.executor(*flat)
         if not isinstance(out, (tuple, list)):
             out = (out,)
