@@ -23,6 +23,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from autoglm.ir.metrics import sqnr_from_sums
+
 __all__ = ["OnnxExportError", "OnnxParityError", "ParityRecord", "random_like", "resized_like",
            "check_model", "check_external_paths", "compare_outputs", "run_parity", "int8_kernel_report", "INT8_KERNELS"]
 
@@ -166,7 +168,7 @@ def compare_outputs(label: str, inputs: Sequence[torch.Tensor], ref: Sequence[to
         mismatched += int((~torch.isclose(g64, r64, rtol=rtol, atol=atol, equal_nan=True)).sum())
         sig += float((r64[finite] ** 2).sum())
         noise += float((diff[finite] ** 2).sum())
-    sqnr = float("inf") if noise == 0.0 else 10.0 * torch.log10(torch.tensor(sig / noise)).item()
+    sqnr = sqnr_from_sums(sig, noise)
     ok = sqnr >= min_sqnr_db if min_sqnr_db is not None else mismatched == 0
     return ParityRecord(label, [list(x.shape) for x in inputs], max_abs, max_rel, sqnr, mismatched, ok)
 

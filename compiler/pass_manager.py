@@ -19,6 +19,7 @@ import torch.fx as fx
 
 from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation
+from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.pass_base import GraphPass, NodeError, PassContext, PassError, PassResult
 from autoglm.ir.verify import VerificationError, output_signature, verify_graph
 
@@ -39,20 +40,6 @@ class PassRecord:
     max_abs_error: float | None = None
     sqnr_db: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-
-
-def sqnr_db(reference: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> float:
-    """Signal-to-quantization-noise ratio over all outputs, in dB (inf when equal)."""
-    sig = noise = 0.0
-    for r, a in zip(reference, actual):
-        if not r.is_floating_point():
-            continue
-        r64, a64 = r.double(), a.double()
-        sig += float((r64**2).sum())
-        noise += float(((r64 - a64) ** 2).sum())
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * torch.log10(torch.tensor(sig / noise)).item()
 
 
 def _as_tuple(out: Any) -> tuple:

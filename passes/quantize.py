@@ -29,6 +29,7 @@ import torch.fx as fx
 
 from autoglm.ir.int8 import ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, QDQ, W_DTYPE, W_QMAX, W_QMIN, act_qparams
 from autoglm.ir.meta import annotation
+from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.quantize_calibrate import OBSERVERS, Probe, calibration_batches, observed_range
 from autoglm.passes.quantize_lower import drop_attr, lower_qdq
@@ -80,9 +81,7 @@ def output_metric(metric: Any, reference: list[tuple], outputs: list[tuple]) -> 
     pairs = [(r.double(), o.double()) for rb, ob in zip(reference, outputs) for r, o in zip(rb, ob)
              if isinstance(r, torch.Tensor) and r.is_floating_point() and r.numel()]
     if metric == "sqnr":
-        noise = sum(float(((r - o) ** 2).sum()) for r, o in pairs)
-        signal = sum(float((r**2).sum()) for r, _ in pairs)
-        return math.inf if noise == 0 else 10.0 * math.log10(signal / noise)
+        return sqnr_db([r for r, _ in pairs], [o for _, o in pairs])
     cos = [torch.nn.functional.cosine_similarity(r.reshape(r.shape[0] if r.dim() > 1 else 1, -1),
                                                  o.reshape(o.shape[0] if o.dim() > 1 else 1, -1), dim=1).min()
            for r, o in pairs]

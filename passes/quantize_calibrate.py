@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 
 from autoglm.ir.int8 import act_qparams, fake_quant_static
+from autoglm.ir.metrics import sqnr_from_sums
 
 __all__ = ["ActStats", "Probe", "calibration_batches", "observed_range", "OBSERVERS"]
 
@@ -130,10 +131,7 @@ class Probe(fx.Interpreter):
         return result
 
     def sqnr_db(self, n: fx.Node, variant: str) -> float:
-        noise = self.noise.get((n, variant), 0.0)
-        if noise == 0.0:
-            return math.inf
-        return 10.0 * math.log10(max(self.signal.get(n, 0.0), 1e-300) / noise)
+        return sqnr_from_sums(self.signal.get(n, 0.0), self.noise.get((n, variant), 0.0))
 
     def run_all(self, batches: Iterable[tuple], desc: str = "", progress: bool = True) -> list[tuple]:
         from tqdm.auto import tqdm

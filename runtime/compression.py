@@ -12,12 +12,13 @@ against uncompressed outputs (``sqnr_db``).
 """
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
+
+from autoglm.ir.metrics import sqnr_db
 
 __all__ = ["MODES", "CompressedTensor", "BoundaryStats", "compress", "decompress", "payload_nbytes", "sqnr_db",
            "check_mode"]
@@ -98,13 +99,3 @@ def payload_nbytes(payload: Any) -> int:
     if isinstance(payload, torch.Tensor):
         return payload.numel() * payload.element_size()
     return 0
-
-
-def sqnr_db(reference: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> float:
-    """Signal-to-noise ratio of ``actual`` against ``reference`` over all floating outputs (dB)."""
-    sig = noise = 0.0
-    for r, a in zip(reference, actual):
-        if isinstance(r, torch.Tensor) and r.is_floating_point():
-            sig += float((r.double() ** 2).sum())
-            noise += float(((r.double() - a.double().to(r.device)) ** 2).sum())
-    return math.inf if noise == 0 else 10 * math.log10(sig / noise)

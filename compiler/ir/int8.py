@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.timing import median_seconds
 
 with warnings.catch_warnings():  # the registration import itself is fine; silence ao's deprecation notes
@@ -279,14 +280,6 @@ class Int8Embedding(_Int8Base):
 _KERNEL_TIMES: dict[tuple, dict[str, float]] = {}  # (mode, input shape, weight shape) -> seconds per kernel
 
 
-def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    noise = float(((ref.double() - out.double()) ** 2).sum())
-    signal = float((ref.double() ** 2).sum())
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * math.log10(max(signal, 1e-30) / noise)
-
-
 # A real kernel must reproduce the q/dq simulation it replaces; they differ only by
 # rounding inside the kernel. fbgemm's dynamic linear returns garbage for
 # in_features == 1 (found by the fuzzer: SQNR -100 dB), so every candidate is checked.
@@ -309,7 +302,7 @@ def choose_kernel(make: Callable[[str], nn.Module], candidates: Sequence[str], e
             for kernel in candidates:
                 try:
                     mod = make(kernel)
-                    if reference is not None and _sqnr_db(reference, mod(example)) < MIN_KERNEL_SQNR_DB:
+                    if reference is not None and sqnr_db([reference], [mod(example)]) < MIN_KERNEL_SQNR_DB:
                         continue
                     times[kernel] = median_seconds(lambda: mod(example), repeats)
                 except (RuntimeError, NotImplementedError):

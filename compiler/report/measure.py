@@ -20,6 +20,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from autoglm.capture.flat import merge_leaves
+from autoglm.ir.metrics import sqnr_db
 
 __all__ = ["measure_against_eager", "output_accuracy", "user_inputs"]
 
@@ -41,9 +42,7 @@ def output_accuracy(reference: Any, actual: Any) -> list[dict[str, Any]]:
         if not (isinstance(r, torch.Tensor) and isinstance(a, torch.Tensor)) or not r.is_floating_point():
             continue
         r64, a64 = r.detach().double().flatten(), a.detach().double().flatten()
-        noise = float(((r64 - a64) ** 2).sum())
-        signal = float((r64 ** 2).sum())
-        sqnr = float("inf") if noise == 0 else 10.0 * torch.log10(torch.tensor(signal / noise)).item()
+        sqnr = sqnr_db([r64], [a64])
         cos = float(torch.nn.functional.cosine_similarity(r64, a64, dim=0)) if r64.numel() else 1.0
         try:
             torch.testing.assert_close(a, r)
