@@ -10,9 +10,12 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# Run as a script, a benchmark's own folder comes first on sys.path, where onnx.py (the
+# name the issue asks for) would shadow the real onnx package. Every script imports this
+# module first: after it, the repository root is on the path and this folder is not.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 def pin_threads(n: int | None = None) -> int:

@@ -14,20 +14,14 @@ ratio is the noise floor of the run. Not a timed test.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is named onnx.py (the issue asks for benchmarks/onnx.py); as a script its
-# folder comes first on sys.path and would shadow the real ``onnx`` package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import common  # noqa: F401  (first: keeps this folder, and so this file, from shadowing onnx)
 
 import argparse  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 

@@ -27,15 +27,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, this folder comes first on sys.path, and its onnx.py would shadow the
-# onnx package (artifacts record onnx.__version__ on save).
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import common  # noqa: F401  (first: keeps benchmarks/onnx.py from shadowing the onnx package)
 
 import torch  # noqa: E402
 

@@ -45,10 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, this folder comes first on sys.path, and its onnx.py would shadow the
-# onnx package (artifacts record onnx.__version__ on save).
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common import ROOT  # first: keeps benchmarks/onnx.py from shadowing the onnx package
 
 import torch  # noqa: E402
 import torch.fx as fx  # noqa: E402

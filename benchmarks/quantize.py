@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -24,10 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Run as a script, this folder comes first on sys.path, and its onnx.py would shadow the
-# real onnx package that onnxruntime.quantization imports.
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import common  # noqa: E402,F401  (keeps benchmarks/onnx.py from shadowing the onnx package)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

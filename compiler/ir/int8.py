@@ -21,7 +21,6 @@ Two layers:
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Sequence
 
