@@ -117,21 +117,30 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
 
 
 @contextlib.contextmanager
-def _preserved_state(model: nn.Module) -> Iterator[None]:
-    """Run compile-time executions (capture's eager run, annotation, verification)
-    in eval mode without leaving a trace in the user's model: a module that updates
-    its buffers in forward must start its first real call where it was."""
-    was_training = model.training
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Compile-time executions (capture's eager run, annotation, verification, a
+    branching path's first compile) leave no trace in the user's model: a module
+    that updates its buffers in forward starts its first real call where it was."""
     saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
         with torch.no_grad():
             for name, b in model.named_buffers():
                 if name in saved and saved[name].shape == b.shape:
                     b.copy_(saved[name])
+
+
+@contextlib.contextmanager
+def _preserved_state(model: nn.Module) -> Iterator[None]:
+    """``preserved_buffers`` in eval mode (the graph is captured for inference)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with preserved_buffers(model):
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:

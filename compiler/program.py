@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from autoglm.api import preserved_buffers
 from autoglm.capture.branching import Segment, trace_segment
 from autoglm.capture.errors import CaptureError
 from autoglm.capture.flat import FlatSignature
@@ -58,19 +58,6 @@ class _SegmentPlan:
     graph_module: fx.GraphModule
     records: list[Any]
     compiled: bool
-
-
-@contextmanager
-def _preserved_buffers(model: nn.Module) -> Iterator[None]:
-    """Annotation and passes run the segment on example inputs; a segment that
-    updates a buffer in place must not advance the model's state while compiling."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
 
 
 def _clone_inputs(values: Sequence[Any]) -> list[Any]:
@@ -108,7 +95,7 @@ class Program(CompiledModel):
 
     def warm_up(self, flat_inputs: Sequence[torch.Tensor]) -> None:
         """Compile the path ``flat_inputs`` take, leaving the model's buffers as they were."""
-        with _preserved_buffers(self.model), torch.no_grad():
+        with preserved_buffers(self.model), torch.no_grad():
             self.cache.run(list(flat_inputs))
 
     @property
@@ -204,7 +191,7 @@ class Program(CompiledModel):
 
         opts = self.options
         inputs = _clone_inputs(example)  # a segment may update its inputs in place
-        with _preserved_buffers(self.model), torch.no_grad():
+        with preserved_buffers(self.model), torch.no_grad():
             annotate(gm, inputs, measure=opts.measure or opts.cost == "measured")
             if opts.cost == "analytic":
                 self._cost.annotate_costs(gm)
