@@ -13,6 +13,7 @@ from autoglm.capture import capture
 from autoglm.compiled import CompiledModel
 from autoglm.cost import CostModel
 from autoglm.ir.annotate import annotate
+from autoglm.ir.meta import annotation, has_annotation
 from autoglm.ir.pass_base import PassContext
 from autoglm.pass_manager import PassManager
 from autoglm.pipeline import resolve_passes
@@ -163,7 +164,7 @@ def load(path: str | os.PathLike) -> CompiledModel:
         annotate(gm, inputs)
     CostModel("analytic").annotate_costs(gm)  # the report and plan read cost_s
     ctx = PassContext(inputs, devices=list(config.get("devices", ["cpu"])))
-    if any(n.meta.get("autoglm") is not None and n.meta["autoglm"].partition is not None for n in gm.graph.nodes):
+    if any(has_annotation(n) and annotation(n).partition is not None for n in gm.graph.nodes):
         ctx.properties.add("partitioned")
     return CompiledModel(gm, sig, inputs, config, records=config.get("records", []),
                          frontend=config.get("frontend", ""), executor=_build_executor(gm, ctx))

@@ -19,7 +19,7 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
-from autoglm.ir.meta import annotation
+from autoglm.ir.meta import annotation, set_annotation
 
 __all__ = ["NAMESPACE", "layer_name", "install_module", "point_node_at", "remove_dead_attrs"]
 
@@ -75,7 +75,7 @@ def point_node_at(gm: fx.GraphModule, node: fx.Node, path: str, module: nn.Modul
     if tensor_args is None:
         with gm.graph.inserting_before(node):
             new = gm.graph.call_module(path, (node.args[0],))
-        new.meta["autoglm"] = annotation(node)  # keep tags and shapes; provenance is reset by the manager
+        set_annotation(new, annotation(node))  # keep tags and shapes; provenance is reset by the manager
         if "stack_trace" in node.meta:
             new.meta["stack_trace"] = node.meta["stack_trace"]
         node.replace_all_uses_with(new)

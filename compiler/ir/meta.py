@@ -19,6 +19,7 @@ __all__ = [
     "TensorSpec",
     "annotation",
     "has_annotation",
+    "set_annotation",
     "output_specs",
     "output_spec",
     "iter_compute_nodes",
@@ -80,6 +81,11 @@ def annotation(node: fx.Node) -> NodeAnnotation:
         ann = NodeAnnotation()
         node.meta[_KEY] = ann
     return ann
+
+
+def set_annotation(node: fx.Node, ann: NodeAnnotation) -> None:
+    """Give ``node`` an existing annotation (a rewrite carrying facts over to a replacement)."""
+    node.meta[_KEY] = ann
 
 
 def _spec_of(value: Any) -> list[TensorSpec]:
