@@ -4,8 +4,9 @@
     after:   same graph; annotation(node).partition:
              x:0  lin1:0 relu:0 | lin2:1 relu:1 | lin3:1    (k=2)
 
-The graph itself is unchanged: the pass writes ``annotation(node).partition``
-on every compute node (placeholders and ``get_attr`` take the partition of
+The graph is unchanged unless a heavy node keeps the parts from balance (it is
+then split exactly, see ``partition_split.py``; ``split=False`` turns that off).
+The pass writes ``annotation(node).partition`` on every compute node (placeholders and ``get_attr`` take the partition of
 their first reader) and leaves the plan in ``ctx.notes["partition"]["plan"]``
 (``CompiledModel.plan``). The executors (``autoglm.runtime.local``,
 ``autoglm.runtime.pipeline``) read the annotations.
@@ -18,8 +19,7 @@ cost; when a single unit is heavier than that allows, the cap rises to the
 smallest feasible one. ``contiguous=True`` measures cut bytes as a pipeline
 chain does (a value skipping a stage is forwarded through it).
 
-``modified`` is True when any node's partition changed: the code does not
-change, only the annotations the executor reads.
+``modified`` is True when any node's partition changed or a node was split.
 """
 from __future__ import annotations
 
@@ -28,11 +28,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
 
+from autoglm.cost import CostModel
+from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.partition_baselines import even_partition, fill_empty_parts, has_loop, metis_partition
+from autoglm.passes.partition_split import apply_balance_splits, balance_splits
 from autoglm.passes.partition_refine import (UnitGraph, build_unit_graph, cut_bytes, cut_sequence, forwarded_bytes,
                                              louvain_order, part_costs, refine_moves)
 
@@ -56,6 +60,9 @@ class PartitionOptions:
     # A graph with fewer placeable units than k: one part per unit instead of an
     # error. The default pipeline sets it so a tiny model on many devices compiles.
     fewer_ok: bool = False
+    # louvain: when no cut of the graph's order reaches `balance`, split the heavy
+    # nodes the ideal boundaries fall into (partition_split.py). Changes the graph.
+    split: bool = True
 
 
 @dataclass
@@ -83,6 +90,7 @@ class PartitionPlan:
     communities_after_loop_merge: int | None = None
     metis_raw_loop_free: bool | None = None  # METIS before repair
     order: str | None = None  # louvain: which node order the DP cut ("louvain" communities or "graph")
+    splits: list[dict] = field(default_factory=list)  # nodes split so parts could balance (partition_split.py)
     time_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -152,6 +160,14 @@ def _plan(gm: fx.GraphModule, ug: UnitGraph, part: list[int], o: PartitionOption
                          max(costs) / mean if mean > 0 else 1.0, not has_loop(ug, part, k), time_s=wall, **extra)
 
 
+def _reannotate(gm: fx.GraphModule, ctx: PassContext) -> None:
+    """Shapes, bytes and costs for the nodes a balance split made (the units are built from them)."""
+    with torch.no_grad():
+        annotate(gm, ctx.example_inputs)
+    if isinstance(ctx.cost, CostModel):
+        ctx.cost.annotate_costs(gm, ctx.example_inputs if ctx.cost.kind == "measured" else None)
+
+
 class Partition(GraphPass):
     name = "partition"
     Options = PartitionOptions
@@ -176,7 +192,14 @@ class Partition(GraphPass):
         if ug.n < o.k:
             raise PartitionError(f"partition: k={o.k} but the graph has only {ug.n} units that can be placed apart; "
                                  f"use k <= {ug.n}")
+        splits: list[dict] = []
+        if o.split and o.method == "louvain":
+            splits = apply_balance_splits(gm, balance_splits(gm, ug, o.k, o.balance, node_cost), node_cost)
+            if splits:
+                _reannotate(gm, ctx)
+                ug = build_unit_graph(gm, node_cost)
         part, extra = _partition_units(ug, o)
+        extra["splits"] = splits
         node_part = {n: part[u] for u, nodes in enumerate(ug.units) for n in nodes}
         # Inputs and weights live where they are first read.
         for n in gm.graph.nodes:
@@ -185,7 +208,7 @@ class Partition(GraphPass):
                 if readers:
                     node_part[n] = min(readers)
         wall = time.perf_counter() - t0
-        modified = False
+        modified = bool(splits)
         for n in gm.graph.nodes:
             want = node_part.get(n)
             if annotation(n).partition != want:

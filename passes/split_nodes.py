@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
@@ -75,11 +75,14 @@ def split_choice(node: fx.Node, gm: fx.GraphModule, linear_dim: str, shards: int
     return "no exact split for this op (supported: Linear, Conv2d, batched matmul)"
 
 
-def _chunks(n: int, k: int) -> list[tuple[int, int]]:
-    """``k`` (start, length) pieces of ``range(n)``, sizes differing by at most one."""
+def _chunks(n: int, k: int, sizes: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """``k`` (start, length) pieces of ``range(n)``: ``sizes`` when given, else sizes differing by at most one."""
+    if sizes is None:
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    if len(sizes) != k or sum(sizes) != n or min(sizes) < 1:
+        raise ValueError(f"shard sizes {list(sizes)} do not cut {n} into {k} non-empty pieces")
     out, start = [], 0
-    for i in range(k):
-        length = n // k + (1 if i < n % k else 0)
+    for length in sizes:
         out.append((start, length))
         start += length
     return out
@@ -103,14 +106,15 @@ def _is_aten(node: fx.Node) -> bool:
 class _Builder:
     """Creates nodes before ``node`` in its spelling (aten or torch) and tags them."""
 
-    def __init__(self, gm: fx.GraphModule, node: fx.Node, how: str, shards: int, cost_s: float):
+    def __init__(self, gm: fx.GraphModule, node: fx.Node, how: str, pieces: list[tuple[int, int]], cost_s: float):
         self.gm, self.graph, self.node = gm, gm.graph, node
         self.aten = _is_aten(node)
-        self.tag = {"of": node.name, "how": how, "shards": shards}
-        self.share = cost_s / shards
+        self.tag = {"of": node.name, "how": how, "shards": len(pieces)}
+        extent = sum(length for _, length in pieces)
+        self.shares = [cost_s * length / extent for _, length in pieces]  # cost in proportion to the slice
 
     def mark(self, n: fx.Node, role: str, shard: int | None = None) -> fx.Node:
-        tag = dict(self.tag, role=role, cost_s=self.share if role == "shard" else 0.0)
+        tag = dict(self.tag, role=role, cost_s=self.shares[shard] if role == "shard" and shard is not None else 0.0)
         if shard is not None:
             tag["shard"] = shard
         annotation(n).tags["split"] = tag
@@ -173,11 +177,12 @@ def _shard_module(template: nn.Module, w: torch.Tensor, b: torch.Tensor | None) 
     return mod
 
 
-def _split_weighted(gm: fx.GraphModule, node: fx.Node, choice: SplitChoice, k: int, cost_s: float) -> fx.Node:
+def _split_weighted(gm: fx.GraphModule, node: fx.Node, choice: SplitChoice, pieces: list[tuple[int, int]],
+                    cost_s: float) -> fx.Node:
     view: Any = linear_view(node, gm) if choice.how.startswith("linear") else conv_view(node, gm)
     is_conv = choice.how == "conv_out"
     by_out = choice.how != "linear_in"
-    build = _Builder(gm, node, choice.how, k, cost_s)
+    build = _Builder(gm, node, choice.how, pieces, cost_s)
     weight_arg = node.args[1] if node.op == "call_function" and len(node.args) > 1 else None
     if view.module is not None:
         base = str(node.target)
@@ -188,7 +193,7 @@ def _split_weighted(gm: fx.GraphModule, node: fx.Node, choice: SplitChoice, k: i
     rank = _rank(node) or 2
     parts = []
     with gm.graph.inserting_before(node):
-        for i, (start, length) in enumerate(_chunks(choice.extent, k)):
+        for i, (start, length) in enumerate(pieces):
             w, b = _weight_pieces(view.weight, view.bias, by_out, start, length, first=i == 0)
             x = view.input if by_out else build.narrow(view.input, -1, start, length)
             if view.module is not None:
@@ -215,26 +220,33 @@ def _with_operands(node: fx.Node, x: fx.Node, w: fx.Node, b: fx.Node | None) -> 
     return tuple(args), kwargs
 
 
-def _split_matmul(gm: fx.GraphModule, node: fx.Node, choice: SplitChoice, k: int, cost_s: float) -> fx.Node:
+def _split_matmul(gm: fx.GraphModule, node: fx.Node, choice: SplitChoice, pieces: list[tuple[int, int]],
+                  cost_s: float) -> fx.Node:
     mv = matmul_view(node, gm)
     assert mv is not None
-    build = _Builder(gm, node, choice.how, k, cost_s)
+    build = _Builder(gm, node, choice.how, pieces, cost_s)
     fn: Any = node.target if node.op == "call_function" else torch.matmul
     parts = []
     with gm.graph.inserting_before(node):
-        for i, (start, length) in enumerate(_chunks(choice.extent, k)):
+        for i, (start, length) in enumerate(pieces):
             a = build.narrow(mv.a, choice.dim, start, length)
             b = build.narrow(mv.b, choice.dim, start, length)
             parts.append(build.mark(gm.graph.call_function(fn, (a, b)), "shard", i))
         return build.combine_cat(parts, choice.dim)
 
 
-def apply_split(gm: fx.GraphModule, node: fx.Node, choice: SplitChoice, shards: int, cost_s: float) -> fx.Node:
-    """Replace ``node`` by ``shards`` exact pieces; returns the node that combines them."""
+def apply_split(gm: fx.GraphModule, node: fx.Node, choice: SplitChoice, shards: int, cost_s: float,
+                sizes: Sequence[int] | None = None) -> fx.Node:
+    """Replace ``node`` by ``shards`` exact pieces; returns the node that combines them.
+
+    ``sizes`` (summing to ``choice.extent``) sets each piece's share of the split
+    dimension; by default the pieces are as even as the dimension allows.
+    """
+    pieces = _chunks(choice.extent, shards, sizes)
     if choice.how == "matmul_batch":
-        combined = _split_matmul(gm, node, choice, shards, cost_s)
+        combined = _split_matmul(gm, node, choice, pieces, cost_s)
     else:
-        combined = _split_weighted(gm, node, choice, shards, cost_s)
+        combined = _split_weighted(gm, node, choice, pieces, cost_s)
     node.replace_all_uses_with(combined)
     inputs = node.all_input_nodes
     gm.graph.erase_node(node)

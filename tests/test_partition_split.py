@@ -1,0 +1,88 @@
+"""partition splits a heavy node when the parts cannot balance without it (partition_split.py)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import autoglm
+from autoglm.ir.meta import annotation
+from autoglm.pass_manager import PassManager
+from autoglm.passes.partition import Partition
+from autoglm.runtime.local import LocalExecutor
+from autoglm.runtime.partition_graphs import extract_stages
+from examples.graphs import resnet_cnn
+from tests.pass_check import capture_for_test
+from tests.test_partition import _check_valid
+
+
+class HeavyMiddle(nn.Module):
+    """Three Linears; the middle one holds ~90% of the work, so k=2 cannot balance unsplit."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+        self.b = nn.Linear(64, 1024)
+        self.c = nn.Linear(64, 64)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.c(h.reshape(h.shape[0], 16, 64).mean(1))
+
+
+def _partition(model, inputs, **options):
+    gm, ctx = capture_for_test(model, inputs)
+    manager = PassManager([Partition(**options)])
+    gm = manager.run(gm, ctx)  # re-annotates and verifies the rewritten graph against eager
+    return gm, ctx, ctx.notes["partition"]["plan"]
+
+
+def _close_to_eager(gm, ctx, model, inputs, k):
+    with torch.no_grad():
+        torch.testing.assert_close(LocalExecutor(gm, ["cpu"] * k)(*ctx.example_inputs)[0], model(*inputs))
+
+
+def test_heavy_node_is_split_at_the_boundary_and_parts_balance():
+    torch.manual_seed(0)
+    model, inputs = HeavyMiddle(), (torch.randn(32, 64),)
+    gm, ctx, unsplit = _partition(model, inputs, k=2, split=False)
+    assert unsplit.imbalance > 1.3 and not unsplit.splits  # the reason to split
+    gm, ctx, plan = _partition(model, inputs, k=2)
+    _check_valid(gm, ctx, 2)
+    assert plan.imbalance <= 1.10
+    assert [s["node"] for s in plan.splits] and sum(plan.splits[0]["sizes"]) == 1024
+    shards = [n for n in gm.graph.nodes if "split" in annotation(n).tags and annotation(n).tags["split"]["role"] == "shard"]
+    assert {annotation(n).partition for n in shards} == {0, 1}  # the cut runs between the pieces
+    _close_to_eager(gm, ctx, model, inputs, 2)
+
+
+def test_no_split_when_the_graph_already_balances():
+    gm, ctx, plan = _partition(*resnet_cnn(), k=2)
+    assert not plan.splits and plan.imbalance <= 1.10
+
+
+@pytest.mark.parametrize("k", [4, 8])
+def test_resnet_chain_reaches_chain_balance(k):
+    model, inputs = resnet_cnn()
+    gm, ctx, unsplit = _partition(model, inputs, k=k, split=False)
+    assert unsplit.imbalance > 1.10  # 3x3 convs are ~6% of the model each: too coarse for k parts
+    gm, ctx, plan = _partition(model, inputs, k=k)
+    _check_valid(gm, ctx, k)
+    assert plan.splits and plan.imbalance <= 1.10
+    _close_to_eager(gm, ctx, model, inputs, k)
+    again = PassManager([Partition(k=k)])
+    again.run(gm, ctx)
+    assert not again.records[-1].modified  # a second run finds the balance and splits nothing more
+
+
+def test_split_graph_compiles_saves_loads_and_runs_as_a_pipeline_chain(tmp_path):
+    model, inputs = resnet_cnn()
+    cm = autoglm.compile(model, inputs, passes="partition(k=4,contiguous=True)", devices=["cpu"] * 4)
+    assert cm.plan.splits and cm.plan.imbalance <= 1.10
+    with torch.no_grad():
+        ref = model(*inputs)
+        torch.testing.assert_close(cm(*inputs), ref)
+        values = list(inputs)
+        for stage in extract_stages(cm.graph_module):
+            values = list(stage.module(*values))
+        torch.testing.assert_close(values[0], ref)
+        cm.save(tmp_path / "art")
+        torch.testing.assert_close(autoglm.load(tmp_path / "art")(*inputs), ref)
