@@ -166,5 +166,14 @@ def load(path: str | os.PathLike) -> CompiledModel:
     ctx = PassContext(inputs, devices=list(config.get("devices", ["cpu"])))
     if any(has_annotation(n) and annotation(n).partition is not None for n in gm.graph.nodes):
         ctx.properties.add("partitioned")
+    notes: dict[str, Any] = {}
+    if "partition_plan" in config:
+        from autoglm.artifacts import ArtifactError
+        from autoglm.passes.partition import PartitionPlan
+
+        try:
+            notes["partition"] = {"plan": PartitionPlan.from_json(config["partition_plan"])}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"{path}: config.json has a malformed partition_plan ({exc})") from exc
     return CompiledModel(gm, sig, inputs, config, records=config.get("records", []),
-                         frontend=config.get("frontend", ""), executor=_build_executor(gm, ctx))
+                         frontend=config.get("frontend", ""), executor=_build_executor(gm, ctx), notes=notes)

@@ -99,8 +99,10 @@ class CompiledModel:
         from autoglm.artifacts import save_artifact
 
         records = [asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in self.records]
-        save_artifact(path, self.graph_module, self.signature, self.example_inputs, self.config,
-                      extra={"frontend": self.frontend, "records": records})
+        extra = {"frontend": self.frontend, "records": records}
+        if self.plan is not None:
+            extra["partition_plan"] = self.plan.to_json()
+        save_artifact(path, self.graph_module, self.signature, self.example_inputs, self.config, extra=extra)
 
     def report(self, path: str | os.PathLike, extra: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Write the HTML report and its JSON twin; ``extra``: e.g. ``autoglm.report.measure_against_eager``."""

@@ -96,6 +96,14 @@ class PartitionPlan:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PartitionPlan":
+        """The plan as ``to_json`` wrote it (artifacts keep it beside the graph)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {key: value for key, value in data.items() if key in known}
+        fields["parts"] = [PartitionInfo(**p) for p in data.get("parts", [])]
+        return cls(**fields)
+
     def summary(self) -> str:
         rows = [f"{self.method} k={self.k}: cut {self.cut_bytes:,} B, imbalance {self.imbalance:.3f}, "
                 f"{self.time_s * 1e3:.1f} ms"]

@@ -80,3 +80,13 @@ def test_round_trip_of_layers_without_bias(tmp_path):
     loaded = autoglm.load(tmp_path / "art")
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_plan_survives_save_and_load(tmp_path):
+    from examples.graphs import resnet_cnn
+
+    model, inputs = resnet_cnn()
+    cm = autoglm.compile(model, inputs, passes="partition(k=2)", devices=["cpu", "cpu"])
+    cm.save(tmp_path / "art")
+    loaded = autoglm.load(tmp_path / "art")
+    assert loaded.plan is not None and loaded.plan.to_json() == cm.plan.to_json()

@@ -86,3 +86,4 @@ def test_split_graph_compiles_saves_loads_and_runs_as_a_pipeline_chain(tmp_path)
         torch.testing.assert_close(values[0], ref)
         cm.save(tmp_path / "art")
         torch.testing.assert_close(autoglm.load(tmp_path / "art")(*inputs), ref)
+
