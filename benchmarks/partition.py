@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (first: keeps benchmarks/onnx.py from shadowing the onnx package)
+from common import eager_by_microbatch  # first: keeps benchmarks/onnx.py from shadowing the onnx package
 
 import torch  # noqa: E402
 
@@ -41,7 +41,8 @@ import autoglm  # noqa: E402
 from autoglm.passes.partition import Partition  # noqa: E402
 from autoglm.runtime.local import LocalExecutor  # noqa: E402
 from autoglm.runtime.partition_graphs import node_partitions, partition_order  # noqa: E402
-from examples.graphs import BENCHMARK_GRAPHS, BRANCHY_GRAPHS, gpt2_decoder, inception_net  # noqa: E402
+from examples.graphs import (BENCHMARK_GRAPHS, BRANCHY_GRAPHS, googlenet, gpt2_decoder, inception_net,  # noqa: E402
+                             resnet_cnn)
 from tests.pass_check import capture_for_test  # noqa: E402
 
 METHODS = ("louvain", "metis", "even")
@@ -143,18 +144,22 @@ def _err(pred: float, meas: float) -> float:
     return (pred / meas - 1) * 100
 
 
-def pipeline(rounds: int, steps: int, microbatches: int, schedule: str) -> None:
+def pipeline(rounds: int, steps: int, microbatches: int, schedule: str, only: str = "") -> None:
     from autoglm.runtime.pipeline import run_pipeline
     from autoglm.stage_time import calibrate_dispatch
 
     work = Path(tempfile.mkdtemp(prefix="autoglm-bench-"))
     cases = {"gpt2-12 (chain)": lambda: gpt2_decoder(batch=8, seq=64),
-             "inception (branchy)": lambda: inception_net(batch=8, size=16)}
+             "resnet (chain)": lambda: resnet_cnn(batch=8, size=32),
+             "inception (branchy)": lambda: inception_net(batch=8, size=16),
+             "googlenet (branchy)": lambda: googlenet(batch=8, size=112)}
+    if only:
+        cases = {name: f for name, f in cases.items() if name.split()[0] in only.split(",")}
     calibration = calibrate_dispatch()
     print(f"\npipeline: 2 stage processes (gloo), {schedule}, {microbatches} microbatches, {steps} steps, 1 thread")
     print(f"  dispatch calibration: {calibration.per_op_s * 1e6:+.2f} us/op, {calibration.per_call_s * 1e6:+.2f} us/call, "
           f"{calibration.per_module_s * 1e6:+.2f} us/module call")
-    errors: dict[str, list[float]] = {"alone wall": [], "alone cpu": [], "pipeline": []}
+    errors: dict[str, list[float]] = {"alone wall": [], "alone cpu": [], "pipeline": [], "pipeline cpu": []}
     for name, factory in cases.items():
         model, inputs = factory()
         arts = {}
@@ -164,10 +169,10 @@ def pipeline(rounds: int, steps: int, microbatches: int, schedule: str) -> None:
             path = work / f"{name.split()[0]}-{method}"
             cm.save(path)
             arts[method] = (path, cm, _predict(cm, inputs, microbatches, calibration))  # before any stage runs
-        with torch.no_grad():
-            ref = model(*inputs)
+        ref = eager_by_microbatch(model, inputs, microbatches)
         rates: dict[str, list[float]] = {"louvain": [], "even": []}
         measured: dict[str, list[list[float]]] = {"louvain": [], "even": []}
+        measured_cpu: dict[str, list[list[float]]] = {"louvain": [], "even": []}
         for _ in range(rounds):
             for method in ("louvain", "even"):  # interleaved: same machine load for both
                 path, cm, _ = arts[method]
@@ -176,6 +181,7 @@ def pipeline(rounds: int, steps: int, microbatches: int, schedule: str) -> None:
                 torch.testing.assert_close(out[0], ref)
                 rates[method].append(len(stats.step_s) / sum(stats.step_s))
                 measured[method].append([s / steps for s in stats.stage_forward_s])
+                measured_cpu[method].append([s / steps for s in stats.stage_forward_cpu_s])
         for method in ("louvain", "even"):
             path, cm, (pred, analytic) = arts[method]
             wall, cpu = _alone(cm, inputs, microbatches)
@@ -185,12 +191,15 @@ def pipeline(rounds: int, steps: int, microbatches: int, schedule: str) -> None:
             for s, p in enumerate(pred):
                 runs = [m[s] for m in measured[method]]
                 med = statistics.median(runs)
-                errs = {"alone wall": _err(p, wall[s]), "alone cpu": _err(p, cpu[s]), "pipeline": _err(p, med)}
+                med_cpu = statistics.median(m[s] for m in measured_cpu[method])
+                errs = {"alone wall": _err(p, wall[s]), "alone cpu": _err(p, cpu[s]), "pipeline": _err(p, med),
+                        "pipeline cpu": _err(p, med_cpu)}
                 for k, e in errs.items():
                     errors[k].append(e)
                 print(f"      stage {s}: predicted {p * 1e3:6.2f} ms/step | alone wall {wall[s] * 1e3:6.2f} "
                       f"({errs['alone wall']:+5.1f}%) cpu {cpu[s] * 1e3:6.2f} ({errs['alone cpu']:+5.1f}%) | pipeline "
                       f"{[round(r * 1e3, 1) for r in runs]} median {med * 1e3:6.2f} ({errs['pipeline']:+5.1f}%)"
+                      f" cpu {med_cpu * 1e3:6.2f} ({errs['pipeline cpu']:+5.1f}%)"
                       f" | analytic {analytic[s] * 1e3:6.2f} ({_err(analytic[s], med):+4.0f}%)")
         ratio = (sum(rates["louvain"]) / len(rates["louvain"])) / (sum(rates["even"]) / len(rates["even"]))
         print(f"  {name:20} throughput louvain / even = {ratio:.2f}")
@@ -222,6 +231,7 @@ def main() -> None:
     ap.add_argument("--pipeline", action="store_true")
     ap.add_argument("--compression", action="store_true")
     ap.add_argument("--no-quality", action="store_true", help="skip the quality table (pipeline runs only)")
+    ap.add_argument("--pipeline-graphs", default="", help="comma list (gpt2-12,resnet,inception,googlenet); default all")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--microbatches", type=int, default=4)
@@ -233,7 +243,7 @@ def main() -> None:
     if args.compression:
         compression()
     if args.pipeline:
-        pipeline(args.rounds, args.steps, args.microbatches, args.schedule)
+        pipeline(args.rounds, args.steps, args.microbatches, args.schedule, args.pipeline_graphs)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s, torch threads {torch.get_num_threads()}, pid {os.getpid()}")
 
 

@@ -1,6 +1,6 @@
 """Pipeline throughput: autoglm's louvain partition vs torch.distributed.pipelining's own split.
 
-    python benchmarks/pipeline_vs_torch.py                       # gpt2-12 + inception, GPipe, 3 rounds
+    python benchmarks/pipeline_vs_torch.py                       # gpt2-12, inception, googlenet; GPipe, 3 rounds
     python benchmarks/pipeline_vs_torch.py --schedule 1f1b --rounds 5 --graphs gpt2
 
 Both sides run the same model (same seed, same weights), the same full batch,
@@ -28,7 +28,8 @@ Fixed batch: ``torch.export`` (torch's frontend) captures a static batch, and so
 may ours. Both sides therefore compile/trace **at microbatch size** (the full
 batch's first ``batch / microbatches`` rows) and are fed the full batch, which the
 schedules split into microbatches of exactly that size. Outputs of both are
-checked with ``assert_close`` against eager on the full batch. When torch's
+checked with ``assert_close`` against eager run microbatch by microbatch
+(``common.eager_by_microbatch``: conv kernels are batch-size dependent). When torch's
 frontend cannot trace or run a model, the row says so (with the error) instead
 of a number.
 """
@@ -45,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from common import ROOT  # first: keeps benchmarks/onnx.py from shadowing the onnx package
+from common import ROOT, eager_by_microbatch  # first: keeps benchmarks/onnx.py from shadowing the onnx package
 
 import torch  # noqa: E402
 import torch.fx as fx  # noqa: E402
@@ -56,6 +57,7 @@ torch.set_num_threads(1)
 GRAPHS: dict[str, tuple[str, dict[str, Any], str]] = {
     "gpt2": ("gpt2_decoder", {"seq": 64}, "chain"),
     "inception": ("inception_net", {"size": 16}, "branchy"),
+    "googlenet": ("googlenet", {"size": 112}, "branchy"),
     "resnet": ("resnet_cnn", {"size": 32}, "chain"),
     "moe": ("moe_block", {"seq": 64}, "branchy"),
 }
@@ -226,7 +228,7 @@ def run_torch(graph: str, inputs: list[torch.Tensor], work: Path, schedule: str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--graphs", default="gpt2,inception", help=f"comma list of {', '.join(GRAPHS)}")
+    ap.add_argument("--graphs", default="gpt2,inception,googlenet", help=f"comma list of {', '.join(GRAPHS)}")
     ap.add_argument("--schedule", default="gpipe", choices=("gpipe", "1f1b"))
     ap.add_argument("--microbatches", type=int, default=4)
     ap.add_argument("--microbatch-size", type=int, default=2)
@@ -267,8 +269,7 @@ def compare(graphs: list[str], args: argparse.Namespace) -> None:
     for graph in graphs:
         model, inputs = build(graph, batch)
         mb_inputs = tuple(t[: args.microbatch_size] for t in inputs)
-        with torch.no_grad():
-            ref = model(*inputs)
+        ref = eager_by_microbatch(model, inputs, args.microbatches)
         t0 = time.perf_counter()
         cm = autoglm.compile(model, mb_inputs, passes="partition(k=2,contiguous=True)", devices=["cpu", "cpu"])
         compile_s = time.perf_counter() - t0

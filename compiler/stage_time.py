@@ -12,25 +12,29 @@ before any stage runs:
     per_microbatch_s = per_call_s + sum(node_cost(n) + per_op_s for n in stage)
                        + per_module_s * (call_module nodes in stage)
 
-* ``node_cost`` comes from ``autoglm.cost.CostModel``: ``"measured"`` (default)
-  times every node on its real inputs *at microbatch size* (cached by op and
-  shapes, so identical layers are timed once); ``"analytic"`` is the roofline.
+* ``node_cost`` is measured at *microbatch size* on a private copy of the graph.
+  ``timing="in_context"`` (default) times every node where it sits: the whole
+  graph runs in order, each node timed once per run, median over runs. A node
+  then meets the caches a real run leaves it (its weights evicted by the nodes
+  before it, its inputs just written), which timing it alone in a tight loop
+  hides: on the GoogLeNet layout's late stage (24 MB of weights, L2 2 MB per
+  core) isolated timings summed to 18% below the stage's run time, in-context
+  ones to within 1%. ``timing="isolated"`` is ``CostModel("measured")``: each
+  node timed alone, repeated, cached by op and shapes. ``cost="analytic"`` is
+  the roofline (kept for reference: ~4x low on the Inception stages, whose 3x3
+  max-pools run far below peak bandwidth).
 * ``per_op_s`` / ``per_call_s`` / ``per_module_s`` (``DispatchCalibration``)
-  correct for how the node timings were taken: each node is timed alone through
-  an interpreter (submodule calls also through the annotator's module hooks),
-  while a stage runs the ``GraphModule``'s generated code with one Python call.
-  ``calibrate_dispatch`` measures them on small synthetic chains (never on the
-  graph being predicted): the difference between a chain's own run time and the
-  sum of its nodes' timings, fitted over two chain lengths (slope = per op,
-  intercept = per call), plus a chain of ``call_module`` nodes for the extra per
-  module. Corrections can be negative (timing a node alone pays a timer and an
-  interpreter call that generated code does not).
+  correct for how the node timings were taken (through an interpreter, one timer
+  per node) versus how a stage runs them (the ``GraphModule``'s generated code,
+  one Python call). ``calibrate_dispatch`` measures them on small synthetic
+  chains with the same timing method, never on the graph being predicted: the
+  difference between a chain's own run time and the sum of its nodes' timings,
+  fitted over two chain lengths (slope = per op, intercept = per call), plus a
+  chain of ``call_module`` nodes for the extra per module. Corrections can be
+  negative.
 
-Why not the roofline alone: on a 1-thread CPU it misses what small or oddly
-shaped ops really take (about 4x low on the Inception net's stages, whose 3x3
-max-pools run far below peak bandwidth); measured node costs carry launch,
-allocation and cache effects with them. Stages are numbered as the
-pipeline runs them (``autoglm.runtime.partition_graphs.partition_order``).
+Stages are numbered as the pipeline runs them
+(``autoglm.runtime.partition_graphs.partition_order``).
 """
 from __future__ import annotations
 
@@ -44,9 +48,13 @@ import torch
 import torch.fx as fx
 
 from autoglm.cost import CostKind, CostModel
-from autoglm.ir.meta import NodeAnnotation, iter_compute_nodes
+from autoglm.ir.annotate import annotate
+from autoglm.ir.meta import NodeAnnotation, annotation, iter_compute_nodes
 
-__all__ = ["DispatchCalibration", "StagePrediction", "calibrate_dispatch", "predict_stage_times"]
+__all__ = ["DispatchCalibration", "StagePrediction", "calibrate_dispatch", "predict_stage_times", "time_in_context",
+           "TIMINGS"]
+
+TIMINGS = ("in_context", "isolated")
 
 
 @dataclass
@@ -58,12 +66,55 @@ class DispatchCalibration:
     # extra per ``call_module`` node: timing a submodule alone goes through the annotator's
     # module hooks (its FLOP counter tracks modules), which the stage does not pay
     per_module_s: float = 0.0
+    timing: str = "in_context"  # the node-timing method it corrects (TIMINGS)
 
     def overhead(self, nodes: int, modules: int = 0) -> float:
         return self.per_call_s + nodes * self.per_op_s + modules * self.per_module_s
 
 
 NO_CALIBRATION = DispatchCalibration(0.0, 0.0, 0.0)
+
+
+class _InContextTimer(fx.Interpreter):
+    """Runs the graph in order and times every compute node once per run."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=True)
+        self.samples: dict[fx.Node, list[float]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op in ("placeholder", "output", "get_attr"):
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        fn = getattr(self, n.op)
+        t0 = time.perf_counter()
+        result = fn(n.target, args, kwargs)
+        self.samples.setdefault(n, []).append(time.perf_counter() - t0)
+        return result
+
+
+def time_in_context(gm: fx.GraphModule, inputs: Sequence[Any], runs: int = 9, warmup: int = 2) -> dict[fx.Node, float]:
+    """Median seconds of every compute node over ``runs`` in-order runs of the whole graph."""
+    timer = _InContextTimer(gm)
+    with torch.no_grad():
+        for _ in range(warmup + runs):
+            timer.run(*inputs)
+    return {n: statistics.median(ts[warmup:]) for n, ts in timer.samples.items()}
+
+
+def _node_latencies(gm: fx.GraphModule, inputs: Sequence[Any], timing: str, repeats: int) -> CostModel:
+    """Write ``latency_s`` on ``gm``'s nodes, timed on ``inputs`` the ``timing`` way."""
+    if timing not in TIMINGS:
+        raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+    model = CostModel("measured", repeats=repeats)
+    if timing == "isolated":
+        model.measure(gm, list(inputs))
+        return model
+    with torch.no_grad():
+        annotate(gm, list(inputs))  # shapes at these inputs
+    for n, seconds in time_in_context(gm, inputs, runs=max(2 * repeats - 1, 3)).items():
+        annotation(n).latency_s = seconds
+    return model
 
 
 @dataclass
@@ -115,11 +166,10 @@ def _calibration_chain(length: int) -> fx.GraphModule:
     return fx.GraphModule(torch.nn.Module(), g)
 
 
-def _residual(gm: fx.GraphModule, repeats: int, rounds: int) -> tuple[float, int]:
+def _residual(gm: fx.GraphModule, repeats: int, rounds: int, timing: str) -> tuple[float, int]:
     """(chain run time - sum of its nodes' timings, node count)."""
     x = torch.randn(64)
-    cost = CostModel("measured", repeats=repeats)
-    cost.measure(gm, [x])
+    cost = _node_latencies(gm, [x], timing, repeats)
     nodes = list(iter_compute_nodes(gm.graph))
     summed = sum(cost.node_cost(n) for n in nodes)
     with torch.no_grad():
@@ -132,20 +182,21 @@ def _residual(gm: fx.GraphModule, repeats: int, rounds: int) -> tuple[float, int
     return statistics.median(samples) - summed, len(nodes)
 
 
-def calibrate_dispatch(short: int = 12, long: int = 240, repeats: int = 5, rounds: int = 51) -> DispatchCalibration:
-    """Measure this machine's per-op and per-call correction (about a second).
+def calibrate_dispatch(short: int = 12, long: int = 240, repeats: int = 5, rounds: int = 51,
+                       timing: str = "in_context") -> DispatchCalibration:
+    """Measure this machine's per-op and per-call correction for ``timing`` (about a second).
 
     Run it under the same thread count as the stages (``torch.set_num_threads``).
     """
     if not 0 < short < long:
         raise ValueError(f"calibrate_dispatch: need 0 < short < long chain lengths, got short={short}, long={long}")
-    r_short, n_short = _residual(_calibration_chain(short), repeats, rounds)
-    r_long, n_long = _residual(_calibration_chain(long), repeats, rounds)
+    r_short, n_short = _residual(_calibration_chain(short), repeats, rounds, timing)
+    r_long, n_long = _residual(_calibration_chain(long), repeats, rounds, timing)
     per_op = (r_long - r_short) / (n_long - n_short)
     per_call = r_short - n_short * per_op
-    r_mod, n_mod = _residual(_module_chain(long), repeats, rounds)
+    r_mod, n_mod = _residual(_module_chain(long), repeats, rounds, timing)
     per_module = (r_mod - per_call) / n_mod - per_op
-    return DispatchCalibration(per_op_s=per_op, per_call_s=per_call, per_module_s=per_module)
+    return DispatchCalibration(per_op_s=per_op, per_call_s=per_call, per_module_s=per_module, timing=timing)
 
 
 def _private_copy(gm: fx.GraphModule) -> fx.GraphModule:
@@ -158,24 +209,28 @@ def _private_copy(gm: fx.GraphModule) -> fx.GraphModule:
 
 def predict_stage_times(gm: fx.GraphModule, microbatch_inputs: Sequence[Any] | None = None, microbatches: int = 1,
                         cost: CostKind | CostModel = "measured",
-                        calibration: DispatchCalibration | None = None) -> list[StagePrediction]:
+                        calibration: DispatchCalibration | None = None,
+                        timing: str = "in_context") -> list[StagePrediction]:
     """Predicted forward time of every pipeline stage of a partitioned graph.
 
     ``microbatch_inputs``: flat inputs of one microbatch; with a measured cost model
-    every node is timed on them (on a copy of ``gm``: the caller's annotations keep
-    their shapes). Without them, latencies already on the nodes are used (nodes never
-    timed fall back to the analytic estimate, as ``CostModel.node_cost`` does).
-    ``calibration``: ``calibrate_dispatch()``'s result; ``None`` adds nothing.
+    every node is timed on them the ``timing`` way (on a copy of ``gm``: the caller's
+    annotations keep their shapes). Without them, latencies already on the nodes are
+    used (nodes never timed fall back to the analytic estimate, as
+    ``CostModel.node_cost`` does). ``calibration``: ``calibrate_dispatch()``'s result
+    for the same ``timing``; ``None`` adds nothing.
     """
     from autoglm.runtime.partition_graphs import node_partitions, partition_order
 
     if microbatches < 1:
         raise ValueError(f"predict_stage_times: microbatches must be >= 1, got {microbatches}")
+    if calibration is not None and calibration.timing != timing:
+        raise ValueError(f"predict_stage_times: the calibration corrects {calibration.timing!r} timings, "
+                         f"but timing={timing!r}")
     model = cost if isinstance(cost, CostModel) else CostModel(cost)
     if model.kind == "measured" and microbatch_inputs is not None:
         gm = _private_copy(gm)
-        with torch.no_grad():
-            model.measure(gm, list(microbatch_inputs))
+        model = _node_latencies(gm, microbatch_inputs, timing, model.repeats)
     parts = node_partitions(gm)
     if not parts:
         raise ValueError("predict_stage_times: the graph has no compute nodes")

@@ -1,7 +1,7 @@
 """Benchmark graphs for partitioning: chains and branchy nets, built in code with seeded weights.
 
 Each factory returns ``(model, example_inputs)`` in eval mode, like
-``examples.models``. ``BENCHMARK_GRAPHS`` lists the five the partition
+``examples.models``. ``BENCHMARK_GRAPHS`` lists the six the partition
 benchmark uses (the BERT-base-sized encoder comes from ``examples.models``);
 ``deep_decoder`` makes a graph of about 2,000 nodes for the timing check.
 """
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from examples.models import _init, bert_base_encoder
 
-__all__ = ["GPT2Decoder", "ResNetCNN", "InceptionNet", "MoEBlock", "gpt2_decoder", "resnet_cnn", "inception_net",
-           "moe_block", "deep_decoder", "BENCHMARK_GRAPHS", "CHAIN_GRAPHS", "BRANCHY_GRAPHS"]
+__all__ = ["GPT2Decoder", "ResNetCNN", "InceptionNet", "GoogLeNet", "MoEBlock", "gpt2_decoder", "resnet_cnn",
+           "inception_net", "googlenet", "moe_block", "deep_decoder", "BENCHMARK_GRAPHS", "CHAIN_GRAPHS", "BRANCHY_GRAPHS"]
 
 
 class CausalSelfAttention(nn.Module):
@@ -128,6 +128,62 @@ class InceptionNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Sequential:
+    """torchvision's ``BasicConv2d``: conv without bias, batch norm (eps 1e-3), ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout, eps=1e-3),
+                         nn.ReLU())
+
+
+class GoogLeNetInception(nn.Module):
+    """torchvision's GoogLeNet ``Inception`` block: 1x1 | 1x1-3x3 | 1x1-3x3 | pool-1x1, concatenated."""
+
+    def __init__(self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, pool: int):
+        super().__init__()
+        self.b1 = _conv_bn(cin, c1, 1)
+        self.b2 = nn.Sequential(_conv_bn(cin, c3r, 1), _conv_bn(c3r, c3, 3, padding=1))
+        self.b3 = nn.Sequential(_conv_bn(cin, c5r, 1), _conv_bn(c5r, c5, 3, padding=1))  # 3x3 as in torchvision
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), _conv_bn(cin, pool, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+
+# (in, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj): torchvision's table, 3a..5b.
+_GOOGLENET_BLOCKS = {
+    "3a": (192, 64, 96, 128, 16, 32, 32), "3b": (256, 128, 128, 192, 32, 96, 64),
+    "4a": (480, 192, 96, 208, 16, 48, 64), "4b": (512, 160, 112, 224, 24, 64, 64),
+    "4c": (512, 128, 128, 256, 24, 64, 64), "4d": (512, 112, 144, 288, 32, 64, 64),
+    "4e": (528, 256, 160, 320, 32, 128, 128), "5a": (832, 256, 160, 320, 32, 128, 128),
+    "5b": (832, 384, 192, 384, 48, 128, 128),
+}
+
+
+class GoogLeNet(nn.Module):
+    """The GoogLeNet (Inception v1) layout of torchvision, without the auxiliary heads.
+
+    Compute and parameters sit in different places here, as in the real network:
+    the early, high-resolution blocks do most of the work with few weights, and
+    4e-5b plus the classifier hold most of the weights.
+    """
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        pool = lambda k: nn.MaxPool2d(k, 2, ceil_mode=True)  # noqa: E731
+        self.stem = nn.Sequential(_conv_bn(3, 64, 7, 2, 3), pool(3), _conv_bn(64, 64, 1), _conv_bn(64, 192, 3, padding=1),
+                                  pool(3))
+        blocks: list[nn.Module] = []
+        for name, cfg in _GOOGLENET_BLOCKS.items():
+            if name in ("4a", "5a"):
+                blocks.append(pool(3 if name == "4a" else 2))
+            blocks.append(GoogLeNetInception(*cfg))
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(1024, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class Expert(nn.Module):
     def __init__(self, hidden: int, ffn: int):
         super().__init__()
@@ -179,6 +235,11 @@ def inception_net(batch: int = 2, size: int = 16, seed: int = 0) -> tuple[nn.Mod
     return model, (torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)),)
 
 
+def googlenet(batch: int = 2, size: int = 64, seed: int = 0) -> tuple[nn.Module, tuple]:
+    model = _init(GoogLeNet(), seed)
+    return model, (torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)),)
+
+
 def moe_block(batch: int = 2, seq: int = 64, seed: int = 0) -> tuple[nn.Module, tuple]:
     model = _init(MoEBlock(), seed)
     return model, (torch.randn(batch, seq, 256, generator=torch.Generator().manual_seed(seed)),)
@@ -195,5 +256,5 @@ def bert_base(batch: int = 1, seq: int = 128, seed: int = 0) -> tuple[nn.Module,
 
 
 CHAIN_GRAPHS = {"bert-base": bert_base, "gpt2-12": gpt2_decoder, "resnet": resnet_cnn}
-BRANCHY_GRAPHS = {"inception": inception_net, "moe": moe_block}
+BRANCHY_GRAPHS = {"inception": inception_net, "googlenet": googlenet, "moe": moe_block}
 BENCHMARK_GRAPHS = {**CHAIN_GRAPHS, **BRANCHY_GRAPHS}

@@ -44,9 +44,12 @@ SCHEDULES = ("gpipe", "1f1b")
 class PipelineStats:
     wall_s: float  # whole run, including process start-up
     step_s: list[float]  # per measured step, on the last stage
-    stage_forward_s: list[float]  # per stage: forward time summed over the measured steps
+    stage_forward_s: list[float]  # per stage: forward wall time summed over the measured steps
     microbatches: int
     schedule: str
+    # Per stage: CPU time of the same forwards (the stage thread's). It leaves out time
+    # the process waited for a core, which wall time counts on a shared machine.
+    stage_forward_cpu_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -198,7 +201,7 @@ def run_pipeline(artifact_dir: str | os.PathLike, inputs: Sequence[torch.Tensor]
     status = _read_status(sdir, nproc)
     stats = PipelineStats(time.monotonic() - t_start, list(status.get(nproc - 1, {}).get("step_s", [])),
                           [float(status.get(r, {}).get("forward_s", 0.0)) for r in range(nproc)], microbatches,
-                          schedule)
+                          schedule, [float(status.get(r, {}).get("forward_cpu_s", 0.0)) for r in range(nproc)])
     return outputs, stats
 
 

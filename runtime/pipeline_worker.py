@@ -7,7 +7,7 @@ Rank ``r`` runs stage ``r`` of the artifact's partitions (``extract_stages``)
 as a ``torch.distributed.pipelining.PipelineStage`` under GPipe or 1F1B,
 forward only. Rank 0 reads the inputs; the last rank writes the outputs. Every
 rank writes ``rank<r>.json`` into ``--status-dir`` after each microbatch (pid,
-step, last finished microbatch, forward seconds) and on error, so the driver
+step, last finished microbatch, forward wall and CPU seconds) and on error, so the driver
 (``pipeline.run_pipeline``) can say which stage died and where. Collectives time
 out after ``--step-timeout`` seconds (``init_process_group(timeout=...)``), never
 the 30-minute default.
@@ -42,7 +42,7 @@ class _Status:
     def __init__(self, directory: str | None, rank: int, microbatches: int):
         self.path = Path(directory) / f"rank{rank}.json" if directory else None
         self.state: dict[str, Any] = {"rank": rank, "pid": os.getpid(), "step": 0, "microbatch": -1,
-                                      "microbatches": microbatches, "forward_s": 0.0, "done": False, "error": None,
+                                      "microbatches": microbatches, "forward_s": 0.0, "forward_cpu_s": 0.0, "done": False, "error": None,
                                       "time": time.time()}
         self.write()
 
@@ -85,12 +85,14 @@ class _CountedStage(nn.Module):
         self.calls = 0
 
     def forward(self, *args: torch.Tensor) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = self.module(*args)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.thread_time() - c0
         mb = self.calls % self.microbatches
         self.calls += 1
-        self.status.write(microbatch=mb, forward_s=self.status.state["forward_s"] + elapsed)
+        state = self.status.state
+        self.status.write(microbatch=mb, forward_s=state["forward_s"] + elapsed,
+                          forward_cpu_s=state["forward_cpu_s"] + cpu)
         return out
 
 
@@ -154,7 +156,7 @@ def run_stage(args: argparse.Namespace) -> int:
                 if step >= args.warmup:
                     step_s.append(time.perf_counter() - t0)
                 if step == args.warmup - 1:
-                    status.write(forward_s=0.0)  # measured forward time excludes warm-up
+                    status.write(forward_s=0.0, forward_cpu_s=0.0)  # measured forward time excludes warm-up
                 if rank == world - 1:
                     outputs = result
         if rank == world - 1 and args.out:

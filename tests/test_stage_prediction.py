@@ -9,7 +9,8 @@ import torch.nn as nn
 import autoglm
 from autoglm.cost import CostModel
 from autoglm.ir.meta import annotation, iter_compute_nodes
-from autoglm.stage_time import DispatchCalibration, calibrate_dispatch, predict_stage_times
+import autoglm.stage_time as stage_time
+from autoglm.stage_time import DispatchCalibration, calibrate_dispatch, predict_stage_times, time_in_context
 
 
 def _partitioned(batch: int = 4):
@@ -59,7 +60,7 @@ def test_microbatch_inputs_are_timed_on_a_copy_at_microbatch_shape():
     before = {n.name: (annotation(n).latency_s, [s.shape for s in annotation(n).outputs])
               for n in iter_compute_nodes(gm.graph)}
     mb = x[:2]
-    preds = predict_stage_times(gm, [mb], microbatches=2, cost="measured")
+    preds = predict_stage_times(gm, [mb], microbatches=2, cost="measured", timing="isolated")
     # the caller's graph keeps its own annotations (shapes at the compile batch)
     after = {n.name: (annotation(n).latency_s, [s.shape for s in annotation(n).outputs])
              for n in iter_compute_nodes(gm.graph)}
@@ -90,3 +91,26 @@ def test_bad_microbatches_is_a_clear_error():
     gm, _ = _partitioned()
     with pytest.raises(ValueError, match="microbatches"):
         predict_stage_times(gm, None, microbatches=0)
+
+
+def test_in_context_timing_times_every_compute_node_and_feeds_the_prediction(monkeypatch):
+    gm, x = _partitioned(batch=4)
+    timed = time_in_context(gm, [x[:2]], runs=3, warmup=1)
+    assert set(timed) == set(iter_compute_nodes(gm.graph)) and all(t > 0 for t in timed.values())
+    # the prediction adds exactly what in-context timing measured (distinct values per node)
+    names = [n.name for n in iter_compute_nodes(gm.graph)]
+    fake = {name: (i + 1) * 1e-3 for i, name in enumerate(names)}
+    monkeypatch.setattr(stage_time, "time_in_context", lambda g, inputs, runs: {n: fake[n.name] for n in iter_compute_nodes(g.graph)})
+    preds = predict_stage_times(gm, [x[:2]], microbatches=1)
+    assert sum(p.node_s for p in preds) == pytest.approx(sum(fake.values()), rel=1e-12)
+    for p in preds:
+        assert p.node_s == pytest.approx(sum(fake[n.name] for n in _stage_nodes(gm, p)), rel=1e-12)
+
+
+def test_calibration_must_match_the_timing_method():
+    gm, x = _partitioned()
+    cal = DispatchCalibration(0.0, 0.0, 0.0, timing="isolated")
+    with pytest.raises(ValueError, match="corrects 'isolated' timings"):
+        predict_stage_times(gm, [x[:2]], calibration=cal)
+    with pytest.raises(ValueError, match="timing must be one of"):
+        predict_stage_times(gm, [x[:2]], timing="sometimes")
