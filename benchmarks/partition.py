@@ -164,8 +164,8 @@ def pipeline(rounds: int, steps: int, microbatches: int, schedule: str, only: st
         model, inputs = factory()
         arts = {}
         for method in ("louvain", "even"):
-            cm = autoglm.compile(model, inputs, passes=f"partition(k=2,contiguous=True,method={method})",
-                                 devices=["cpu", "cpu"])
+            spec = f"partition(k=2,contiguous=True,method={method},microbatches={microbatches})"
+            cm = autoglm.compile(model, inputs, passes=spec, devices=["cpu", "cpu"], cost="measured")
             path = work / f"{name.split()[0]}-{method}"
             cm.save(path)
             arts[method] = (path, cm, _predict(cm, inputs, microbatches, calibration))  # before any stage runs

@@ -235,6 +235,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--partition", default="partition(k=2,contiguous=True,microbatches={m})",
+                    help="autoglm's pass spec; {m} becomes --microbatches")
+    ap.add_argument("--cost", default="measured", choices=("measured", "analytic"),
+                    help="autoglm's cost model for the partition (measured: node timings at microbatch size)")
     ap.add_argument("--torch-variants", default="default,codegen",
                     help="torch baselines: default (stages run by fx.Interpreter, as torch ships them) and/or "
                          "codegen (the same stages through generated code: a stronger baseline)")
@@ -271,12 +275,14 @@ def compare(graphs: list[str], args: argparse.Namespace) -> None:
         mb_inputs = tuple(t[: args.microbatch_size] for t in inputs)
         ref = eager_by_microbatch(model, inputs, args.microbatches)
         t0 = time.perf_counter()
-        cm = autoglm.compile(model, mb_inputs, passes="partition(k=2,contiguous=True)", devices=["cpu", "cpu"])
+        spec = args.partition.format(m=args.microbatches)
+        cm = autoglm.compile(model, mb_inputs, passes=spec, devices=["cpu", "cpu"], cost=args.cost)
         compile_s = time.perf_counter() - t0
         art = work / f"{graph}-louvain"
         cm.save(art)
         plan = cm.plan
-        print(f"\n{graph} ({GRAPHS[graph][2]}): compiled by {cm.frontend} at microbatch size in {compile_s:.1f} s; "
+        print(f"\n{graph} ({GRAPHS[graph][2]}): {spec} compiled by {cm.frontend} at microbatch size, {args.cost} cost, "
+              f"in {compile_s:.1f} s; "
               f"louvain stages: params {[p.param_bytes // 4 for p in plan.parts]}, "
               f"forwarded {plan.forwarded_bytes / 1e3:.0f} KB, imbalance {plan.imbalance:.2f}")
         variants = [v.strip() for v in args.torch_variants.split(",") if v.strip()]

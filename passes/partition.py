@@ -37,8 +37,8 @@ from autoglm.ir.meta import annotation
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.partition_baselines import even_partition, fill_empty_parts, has_loop, metis_partition
 from autoglm.passes.partition_split import apply_balance_splits, balance_splits
-from autoglm.passes.partition_refine import (UnitGraph, build_unit_graph, cut_bytes, cut_sequence, forwarded_bytes,
-                                             louvain_order, part_costs, refine_moves)
+from autoglm.passes.partition_refine import (UnitGraph, balanced_stage_cost, build_unit_graph, cut_bytes, cut_sequence,
+                                             effective_costs, forwarded_bytes, louvain_order, part_costs, refine_moves)
 
 __all__ = ["Partition", "PartitionOptions", "PartitionPlan", "PartitionInfo", "PartitionError"]
 
@@ -63,6 +63,10 @@ class PartitionOptions:
     # louvain: when no cut of the graph's order reaches `balance`, split the heavy
     # nodes the ideal boundaries fall into (partition_split.py). Changes the graph.
     split: bool = True
+    # contiguous pipelines: microbatches per step. Each stage is then balanced with the
+    # fill it waits for every step (its predecessors' first microbatch, see
+    # partition_refine.py); 0 balances the stages' own costs.
+    microbatches: int = 0
 
 
 @dataclass
@@ -91,6 +95,8 @@ class PartitionPlan:
     metis_raw_loop_free: bool | None = None  # METIS before repair
     order: str | None = None  # louvain: which node order the DP cut ("louvain" communities or "graph")
     splits: list[dict] = field(default_factory=list)  # nodes split so parts could balance (partition_split.py)
+    # contiguous with microbatches: max (cost + fill) / the perfectly balanced value
+    step_imbalance: float | None = None
     time_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -114,6 +120,11 @@ class PartitionPlan:
         return "\n".join(rows)
 
 
+def _fill(o: PartitionOptions) -> float:
+    """Pipeline fill per unit of a stage's predecessors' cost (0 unless a contiguous pipeline)."""
+    return 1.0 / o.microbatches if o.contiguous and o.microbatches > 0 else 0.0
+
+
 def _partition_units(ug: UnitGraph, o: PartitionOptions) -> tuple[list[int], dict[str, Any]]:
     extra: dict[str, Any] = {}
     if o.method == "even":
@@ -129,12 +140,14 @@ def _partition_units(ug: UnitGraph, o: PartitionOptions) -> tuple[list[int], dic
     # (branches land in one part); the graph's own order keeps a chain of parallel
     # branches intact when a community mixes early and late nodes. Cut both, keep the better.
     metric = forwarded_bytes if o.contiguous else cut_bytes
+    fill = _fill(o)
+    mean = balanced_stage_cost(sum(max(c, 0.0) for c in ug.cost), o.k, fill)
     best: tuple[int, list[int], str] | None = None
     for name, order in (("louvain", seq), ("graph", list(range(ug.n)))):
-        part = cut_sequence(ug, order, o.k, o.balance)
+        part = cut_sequence(ug, order, o.k, o.balance, fill)
         # Local moves may fill a part up to the balance cap (or to what the DP needed, if more).
-        cap = max(o.balance * sum(max(c, 0.0) for c in ug.cost) / o.k, max(part_costs(ug, part, o.k)))
-        part = fill_empty_parts(ug, refine_moves(ug, part, o.k, cap, o.contiguous), o.k)
+        cap = max(o.balance * mean, max(effective_costs(part_costs(ug, part, o.k), fill)))
+        part = fill_empty_parts(ug, refine_moves(ug, part, o.k, cap, o.contiguous, fill=fill), o.k)
         score = metric(ug, part)
         if best is None or score < best[0]:
             best = (score, part, name)
@@ -162,6 +175,9 @@ def _plan(gm: fx.GraphModule, ug: UnitGraph, part: list[int], o: PartitionOption
     for n, p in node_part.items():
         names[p].append(n.name)
     mean = sum(costs) / k if k else 0.0
+    fill = _fill(o)
+    if fill:
+        extra["step_imbalance"] = max(effective_costs(costs, fill)) / balanced_stage_cost(sum(costs), k, fill)
     parts = [PartitionInfo(p, names[p], costs[p], params[p], bytes_in[p], bytes_out[p], sorted(deps[p]))
              for p in range(k)]
     return PartitionPlan(o.method, k, o.contiguous, parts, cut_bytes(ug, part), forwarded_bytes(ug, part),
@@ -190,6 +206,8 @@ class Partition(GraphPass):
             raise PartitionError(f"partition: method must be one of {', '.join(_METHODS)}, got {o.method!r}")
         if not isinstance(o.k, int) or o.k < 1:
             raise PartitionError(f"partition: k must be a positive integer, got {o.k!r}")
+        if not isinstance(o.microbatches, int) or o.microbatches < 0:
+            raise PartitionError(f"partition: microbatches must be a non-negative integer, got {o.microbatches!r}")
         if o.balance < 1.0:
             raise PartitionError(f"partition: balance is max/mean partition cost and must be >= 1.0, got {o.balance}")
         t0 = time.perf_counter()
@@ -202,7 +220,7 @@ class Partition(GraphPass):
                                  f"use k <= {ug.n}")
         splits: list[dict] = []
         if o.split and o.method == "louvain":
-            splits = apply_balance_splits(gm, balance_splits(gm, ug, o.k, o.balance, node_cost), node_cost)
+            splits = apply_balance_splits(gm, balance_splits(gm, ug, o.k, o.balance, node_cost, _fill(o)), node_cost)
             if splits:
                 _reannotate(gm, ctx)
                 ug = build_unit_graph(gm, node_cost)

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch.fx as fx
 
-from autoglm.passes.partition_refine import UnitGraph, min_max_cap
+from autoglm.passes.partition_refine import UnitGraph, balanced_stage_cost, min_max_cap
 from autoglm.passes.split_nodes import SplitChoice, apply_split, split_choice
 
 __all__ = ["BalanceSplit", "balance_splits", "apply_balance_splits"]
@@ -40,23 +40,27 @@ def _sizes(fractions: Sequence[float], extent: int) -> list[int] | None:
 
 
 def balance_splits(gm: fx.GraphModule, ug: UnitGraph, k: int, balance: float,
-                   node_cost: Callable[[fx.Node], float]) -> list[BalanceSplit]:
-    """The splits that let a cut of the graph's order reach ``balance`` (empty when it already can)."""
+                   node_cost: Callable[[fx.Node], float], fill: float = 0.0) -> list[BalanceSplit]:
+    """The splits that let a cut of the graph's order reach ``balance`` (empty when it already can).
+
+    ``fill``: pipeline fill (``partition_refine``); the ideal boundaries then give
+    every stage the same effective cost instead of the same cost.
+    """
     costs = [max(c, 0.0) for c in ug.cost]
     total = sum(costs)
     if k < 2 or total <= 0:
         return []
-    mean = total / k
-    if min_max_cap(costs, k) <= balance * mean * (1 + 1e-9):
+    mean = balanced_stage_cost(total, k, fill)
+    if min_max_cap(costs, k, fill) <= balance * mean * (1 + 1e-9):
         return []
     slack = (balance - 1.0) * mean / 2
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
     inside: dict[int, list[float]] = {}  # unit -> boundary fractions inside it
-    u = 0
-    for i in range(1, k):
-        b = i * mean
+    u, b = 0, 0.0
+    for _ in range(1, k):
+        b = mean + (1.0 - fill) * b  # where the next stage starts when every stage costs `mean`
         while u < ug.n and prefix[u + 1] <= b:
             u += 1
         if u >= ug.n or min(b - prefix[u], prefix[u + 1] - b) <= slack:

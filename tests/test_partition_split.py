@@ -87,3 +87,59 @@ def test_split_graph_compiles_saves_loads_and_runs_as_a_pipeline_chain(tmp_path)
         cm.save(tmp_path / "art")
         torch.testing.assert_close(autoglm.load(tmp_path / "art")(*inputs), ref)
 
+
+
+# ---------------------------------------------------------------- pipeline fill (partition_refine)
+
+
+def test_fill_formulas_agree():
+    from autoglm.passes.partition_refine import balanced_stage_cost, effective_costs, min_max_cap
+
+    total, k, fill = 12.0, 3, 0.25
+    t = balanced_stage_cost(total, k, fill)
+    # stages costing T - fill * prefix each sum to the total and all have effective cost T
+    stages, before = [], 0.0
+    for _ in range(k):
+        stages.append(t - fill * before)
+        before += stages[-1]
+    assert sum(stages) == pytest.approx(total)
+    assert effective_costs(stages, fill) == pytest.approx([t] * k)
+    assert balanced_stage_cost(total, k, 0.0) == total / k
+    # on fine-grained units the min-max effective cap approaches T from above
+    units = [total / 1200] * 1200
+    assert t <= min_max_cap(units, k, fill) <= t * 1.01
+
+
+class Layers(nn.Module):
+    def __init__(self, n=16, width=256):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(n))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+def test_pipeline_stages_balance_time_including_fill():
+    torch.manual_seed(0)
+    model, inputs = Layers(), (torch.randn(64, 256),)
+    plain = _partition(model, inputs, k=2, contiguous=True)[2]
+    gm, ctx, piped = _partition(model, inputs, k=2, contiguous=True, microbatches=4)
+    _check_valid(gm, ctx, 2)
+    assert plain.step_imbalance is None and piped.step_imbalance is not None and piped.step_imbalance <= 1.10
+    first, last = (p.cost_s for p in piped.parts)
+    # the last stage waits for the first one's first microbatch every step: it gets less work
+    assert last < first and (last + first / 4) == pytest.approx(first, rel=0.15)
+    first_plain, last_plain = (p.cost_s for p in plain.parts)
+    assert last_plain / first_plain > last / first
+    _close_to_eager(gm, ctx, model, inputs, 2)
+
+
+def test_microbatches_only_matter_for_contiguous_pipelines():
+    model, inputs = Layers(), (torch.randn(64, 256),)
+    a = _partition(model, inputs, k=2)[2]
+    b = _partition(model, inputs, k=2, microbatches=4)[2]
+    assert b.step_imbalance is None and [p.nodes for p in a.parts] == [p.nodes for p in b.parts]
+    with pytest.raises(Exception, match="microbatches must be a non-negative integer"):
+        _partition(model, inputs, k=2, contiguous=True, microbatches=-1)
