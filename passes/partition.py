@@ -6,8 +6,9 @@
 
 The graph is unchanged unless a heavy node keeps the parts from balance (it is
 then split exactly, see ``partition_split.py``; ``split=False`` turns that off).
-The pass writes ``annotation(node).partition`` on every compute node (placeholders and ``get_attr`` take the partition of
-their first reader) and leaves the plan in ``ctx.notes["partition"]["plan"]``
+The pass writes ``annotation(node).partition`` on every compute node
+(placeholders and ``get_attr`` take the partition of their first reader) and
+leaves the plan in ``ctx.notes["partition"]["plan"]``
 (``CompiledModel.plan``). The executors (``autoglm.runtime.local``,
 ``autoglm.runtime.pipeline``) read the annotations.
 
@@ -111,8 +112,10 @@ class PartitionPlan:
         return cls(**fields)
 
     def summary(self) -> str:
-        rows = [f"{self.method} k={self.k}: cut {self.cut_bytes:,} B, imbalance {self.imbalance:.3f}, "
+        step = f", step imbalance {self.step_imbalance:.3f}" if self.step_imbalance is not None else ""
+        rows = [f"{self.method} k={self.k}: cut {self.cut_bytes:,} B, imbalance {self.imbalance:.3f}{step}, "
                 f"{self.time_s * 1e3:.1f} ms"]
+        rows += [f"  split {s['node']} ({s['how']}, pieces {s['sizes']}) to balance" for s in self.splits]
         for p in self.parts:
             rows.append(f"  part {p.index}: {len(p.nodes)} nodes, {p.cost_s * 1e3:.3f} ms, "
                         f"params {p.param_bytes:,} B, in {p.bytes_in:,} B, out {p.bytes_out:,} B, "
