@@ -7,6 +7,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 from autoglm.capture import capture
@@ -156,16 +157,14 @@ def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:
 
 
 def load(path: str | os.PathLike) -> CompiledModel:
-    """Load a saved artifact directory (never unpickles)."""
+    """Load a saved artifact directory (never unpickles); a saved ``Program`` comes back as a ``LoadedProgram``."""
     from autoglm.artifacts import load_artifact
+    from autoglm.program_io import is_program, load_program
 
+    if is_program(path):
+        return load_program(path)
     gm, sig, inputs, config = load_artifact(path)
-    with torch.no_grad():
-        annotate(gm, inputs)
-    CostModel("analytic").annotate_costs(gm)  # the report and plan read cost_s
-    ctx = PassContext(inputs, devices=list(config.get("devices", ["cpu"])))
-    if any(has_annotation(n) and annotation(n).partition is not None for n in gm.graph.nodes):
-        ctx.properties.add("partitioned")
+    executor = executor_for_loaded(gm, inputs, config)
     notes: dict[str, Any] = {}
     if "partition_plan" in config:
         from autoglm.artifacts import ArtifactError
@@ -176,4 +175,15 @@ def load(path: str | os.PathLike) -> CompiledModel:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"{path}: config.json has a malformed partition_plan ({exc})") from exc
     return CompiledModel(gm, sig, inputs, config, records=config.get("records", []),
-                         frontend=config.get("frontend", ""), executor=_build_executor(gm, ctx), notes=notes)
+                         frontend=config.get("frontend", ""), executor=executor, notes=notes)
+
+
+def executor_for_loaded(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], config: dict[str, Any]) -> Any:
+    """Annotate a loaded graph on its example inputs and pick its executor, as compile would."""
+    with torch.no_grad():
+        annotate(gm, inputs)
+    CostModel("analytic").annotate_costs(gm)  # the report and plan read cost_s
+    ctx = PassContext(list(inputs), devices=list(config.get("devices", ["cpu"])))
+    if any(has_annotation(n) and annotation(n).partition is not None for n in gm.graph.nodes):
+        ctx.properties.add("partitioned")
+    return _build_executor(gm, ctx)

@@ -58,6 +58,7 @@ class _SegmentPlan:
     graph_module: fx.GraphModule
     records: list[Any]
     compiled: bool
+    example: list[Any] = field(default_factory=list)  # inputs of the call that first took it (for save)
 
 
 def _clone_inputs(values: Sequence[Any]) -> list[Any]:
@@ -143,10 +144,10 @@ class Program(CompiledModel):
         return f"{text}\n{len(self.paths())} compiled paths; the table shows the latest\n{self.stats}"
 
     def save(self, path: str | os.PathLike) -> None:
-        raise NotImplementedError(
-            "a model with data-dependent branches compiles one graph per path at run time and cannot be saved "
-            "as one artifact; write the branch with torch.cond (export frontend) to save it, or save "
-            "cm.path_graph(...) of one path")
+        """Save the paths compiled so far (``autoglm.load`` runs them; see ``program_io.py``)."""
+        from autoglm.program_io import save_program
+
+        save_program(self, path)
 
     def __repr__(self) -> str:
         return (f"Program(paths={self.stats.paths}, branch_points={len(self.stats.branch_points)}, "
@@ -183,7 +184,8 @@ class Program(CompiledModel):
         bp = None
         if seg.branch is not None:
             bp = self.cache.branch_stats(seg.branch.source, seg.branch.predicate, seg.branch.kind)
-        return PlanNode(run, seg.imports, seg.exports, seg.n_effects, bp, _SegmentPlan(seg, gm, records, compile))
+        plan = _SegmentPlan(seg, gm, records, compile, _clone_inputs(example) if compile else [])
+        return PlanNode(run, seg.imports, seg.exports, seg.n_effects, bp, plan)
 
     def _compile(self, gm: fx.GraphModule, example: Sequence[Any]) -> tuple[fx.GraphModule, Any, list[Any]]:
         """The pipeline ``autoglm.compile`` runs on a whole graph, on one segment."""
