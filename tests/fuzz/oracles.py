@@ -5,6 +5,8 @@ K = 2..4, their chain, the multi-device runtime, ONNX export in onnxruntime)
 must ``assert_close`` to eager with default fp32 tolerances. Lossy ones state a
 bound: int8 output SQNR >= 25 dB. The pass manager runs the verifier after every
 pass (``verify=True`` also compares each pass's outputs with the graph before it).
+Configurations marked ``roundtrip`` also save the compiled model (a branching
+``Program`` included), load it back and expect the same outputs.
 A configuration whose pass is not registered in this build is skipped.
 """
 from __future__ import annotations
@@ -32,19 +34,22 @@ class Config:
     exact: bool = True
     min_sqnr_db: float = 25.0
     onnx: bool = False
+    roundtrip: bool = False  # save + autoglm.load give the same outputs
 
 
 CONFIGS: list[Config] = [
     Config("none", "none"),
     Config("default", "default"),
-    Config("default-2dev", "default", devices=2),
+    Config("default-2dev", "default", devices=2, roundtrip=True),
     Config("split_merge", "split_merge", devices=2, needs=("split_merge",)),
     Config("partition-k2", "partition(k=2,fewer_ok=True)", devices=2, needs=("partition",)),
     Config("partition-k3", "partition(k=3,fewer_ok=True)", devices=3, needs=("partition",)),
-    Config("partition-k4", "partition(k=4,contiguous=True,fewer_ok=True)", devices=4, needs=("partition",)),
+    Config("partition-k4", "partition(k=4,contiguous=True,fewer_ok=True)", devices=4, needs=("partition",),
+           roundtrip=True),
     Config("split_merge+partition", "split_merge,partition(k=2,fewer_ok=True)", devices=2, needs=("split_merge", "partition")),
     Config("onnx", "default", onnx=True),
-    Config("quantize-dynamic", "quantize(mode=dynamic,progress=False)", needs=("quantize",), exact=False),
+    Config("quantize-dynamic", "quantize(mode=dynamic,progress=False)", needs=("quantize",), exact=False,
+           roundtrip=True),
 ]
 
 
@@ -92,6 +97,20 @@ def run_config(config: Config, model: torch.nn.Module, inputs: tuple, reference:
         assert s >= config.min_sqnr_db, f"SQNR {s:.1f} dB < {config.min_sqnr_db} dB"
     if config.onnx:
         _check_onnx(cm, model, inputs)
+    if config.roundtrip:
+        _check_roundtrip(cm, inputs, got)
+
+
+def _check_roundtrip(cm: Any, inputs: tuple, got: tuple[torch.Tensor, ...]) -> None:
+    """The saved and reloaded model computes what the compiled one did (same graph, same kernels)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cm.save(Path(tmp) / "artifact")
+        loaded = autoglm.load(Path(tmp) / "artifact")
+        with torch.no_grad():
+            again = _flat(loaded(*inputs))
+    assert len(again) == len(got), f"reloaded model returns {len(again)} outputs, expected {len(got)}"
+    for a, g in zip(again, got):
+        torch.testing.assert_close(a, g)
 
 
 def _check_onnx(cm: Any, model: torch.nn.Module, inputs: tuple) -> None:
