@@ -38,7 +38,6 @@ Stages are numbered as the pipeline runs them
 """
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ import torch.fx as fx
 
 from autoglm.cost import CostKind, CostModel
 from autoglm.ir.annotate import annotate
-from autoglm.ir.meta import NodeAnnotation, annotation, iter_compute_nodes
+from autoglm.ir.meta import annotation, iter_compute_nodes, private_copy
 
 __all__ = ["DispatchCalibration", "StagePrediction", "calibrate_dispatch", "predict_stage_times", "time_in_context",
            "TIMINGS"]
@@ -199,14 +198,6 @@ def calibrate_dispatch(short: int = 12, long: int = 240, repeats: int = 5, round
     return DispatchCalibration(per_op_s=per_op, per_call_s=per_call, per_module_s=per_module, timing=timing)
 
 
-def _private_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy whose annotations can be re-measured: deepcopy shares ``node.meta`` values."""
-    clone = copy.deepcopy(gm)
-    for n in clone.graph.nodes:
-        n.meta = {k: copy.copy(v) if isinstance(v, NodeAnnotation) else v for k, v in n.meta.items()}
-    return clone
-
-
 def predict_stage_times(gm: fx.GraphModule, microbatch_inputs: Sequence[Any] | None = None, microbatches: int = 1,
                         cost: CostKind | CostModel = "measured",
                         calibration: DispatchCalibration | None = None,
@@ -229,7 +220,7 @@ def predict_stage_times(gm: fx.GraphModule, microbatch_inputs: Sequence[Any] | N
                          f"but timing={timing!r}")
     model = cost if isinstance(cost, CostModel) else CostModel(cost)
     if model.kind == "measured" and microbatch_inputs is not None:
-        gm = _private_copy(gm)
+        gm = private_copy(gm)
         model = _node_latencies(gm, microbatch_inputs, timing, model.repeats)
     parts = node_partitions(gm)
     if not parts:

@@ -37,7 +37,7 @@ from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.partition_baselines import even_partition, fill_empty_parts, has_loop, metis_partition
-from autoglm.passes.partition_split import apply_balance_splits, balance_splits
+from autoglm.passes.partition_split import balance_splits, split_for_balance
 from autoglm.passes.partition_refine import (UnitGraph, balanced_stage_cost, build_unit_graph, cut_bytes, cut_sequence,
                                              effective_costs, forwarded_bytes, louvain_order, part_costs, refine_moves)
 
@@ -96,6 +96,7 @@ class PartitionPlan:
     metis_raw_loop_free: bool | None = None  # METIS before repair
     order: str | None = None  # louvain: which node order the DP cut ("louvain" communities or "graph")
     splits: list[dict] = field(default_factory=list)  # nodes split so parts could balance (partition_split.py)
+    split_refused: str | None = None  # why wanted balance splits were not kept
     # contiguous with microbatches: max (cost + fill) / the perfectly balanced value
     step_imbalance: float | None = None
     time_s: float = 0.0
@@ -187,12 +188,13 @@ def _plan(gm: fx.GraphModule, ug: UnitGraph, part: list[int], o: PartitionOption
                          max(costs) / mean if mean > 0 else 1.0, not has_loop(ug, part, k), time_s=wall, **extra)
 
 
-def _reannotate(gm: fx.GraphModule, ctx: PassContext) -> None:
-    """Shapes, bytes and costs for the nodes a balance split made (the units are built from them)."""
+def _reannotate(gm: fx.GraphModule, ctx: PassContext) -> Any:
+    """Shapes, bytes and costs for the nodes a balance split made (the units are built from them); the outputs."""
     with torch.no_grad():
-        annotate(gm, ctx.example_inputs)
+        outputs = annotate(gm, ctx.example_inputs)
     if isinstance(ctx.cost, CostModel):
         ctx.cost.annotate_costs(gm, ctx.example_inputs if ctx.cost.kind == "measured" else None)
+    return outputs
 
 
 class Partition(GraphPass):
@@ -222,13 +224,16 @@ class Partition(GraphPass):
             raise PartitionError(f"partition: k={o.k} but the graph has only {ug.n} units that can be placed apart; "
                                  f"use k <= {ug.n}")
         splits: list[dict] = []
+        split_refused: str | None = None
         if o.split and o.method == "louvain":
-            splits = apply_balance_splits(gm, balance_splits(gm, ug, o.k, o.balance, node_cost, _fill(o)), node_cost)
+            wanted = balance_splits(gm, ug, o.k, o.balance, node_cost, _fill(o))
+            splits, split_refused = split_for_balance(gm, wanted, node_cost, ctx.example_inputs,
+                                                      lambda g: _reannotate(g, ctx))
             if splits:
-                _reannotate(gm, ctx)
                 ug = build_unit_graph(gm, node_cost)
         part, extra = _partition_units(ug, o)
         extra["splits"] = splits
+        extra["split_refused"] = split_refused
         node_part = {n: part[u] for u, nodes in enumerate(ug.units) for n in nodes}
         # Inputs and weights live where they are first read.
         for n in gm.graph.nodes:

@@ -143,3 +143,37 @@ def test_microbatches_only_matter_for_contiguous_pipelines():
     assert b.step_imbalance is None and [p.nodes for p in a.parts] == [p.nodes for p in b.parts]
     with pytest.raises(Exception, match="microbatches must be a non-negative integer"):
         _partition(model, inputs, k=2, contiguous=True, microbatches=-1)
+
+
+def test_a_split_that_moves_the_outputs_is_refused_and_the_graph_kept(monkeypatch):
+    import autoglm.passes.partition as partition_module
+
+    real = partition_module._reannotate
+
+    def drifting(gm, ctx):  # the split copy's outputs off by far more than fp32 rounding
+        return tuple(o + 1.0 for o in real(gm, ctx))
+
+    monkeypatch.setattr(partition_module, "_reannotate", drifting)
+    torch.manual_seed(0)
+    model, inputs = HeavyMiddle(), (torch.randn(32, 64),)
+    gm, ctx = capture_for_test(model, inputs)
+    names = [n.name for n in gm.graph.nodes]
+    Partition(k=2).run(gm, ctx)
+    plan = ctx.notes["partition"]["plan"]
+    assert not plan.splits and "beyond fp32 tolerance" in plan.split_refused
+    assert [n.name for n in gm.graph.nodes] == names  # the graph was not touched
+    _close_to_eager(gm, ctx, model, inputs, 2)
+
+
+def test_batched_matmul_balance_splits_use_contiguous_slices():
+    from autoglm.passes.partition_refine import build_unit_graph
+    from autoglm.passes.partition_split import balance_splits
+
+    class Scores(nn.Module):
+        def forward(self, a, b):
+            return torch.relu(a) @ b
+
+    a, b = torch.randn(6, 4, 64, 32), torch.randn(6, 4, 32, 64)
+    gm, ctx = capture_for_test(Scores(), (a, b))
+    splits = balance_splits(gm, build_unit_graph(gm, ctx.cost.node_cost), 2, 1.10, ctx.cost.node_cost)
+    assert splits and all(c.how == "matmul_batch" and c.dim == 0 for _, c, _ in splits)

@@ -23,6 +23,7 @@ __all__ = [
     "output_specs",
     "output_spec",
     "iter_compute_nodes",
+    "private_copy",
 ]
 
 _KEY = "autoglm"
@@ -128,3 +129,13 @@ def iter_compute_nodes(graph: fx.Graph) -> Iterator[fx.Node]:
     for node in graph.nodes:
         if node.op in ("call_function", "call_method", "call_module"):
             yield node
+
+
+def private_copy(gm: "torch.fx.GraphModule") -> "torch.fx.GraphModule":
+    """A deep copy whose annotations are its own: ``copy.deepcopy`` shares ``node.meta`` values."""
+    import copy
+
+    clone = copy.deepcopy(gm)
+    for n in clone.graph.nodes:
+        n.meta = {k: copy.copy(v) if isinstance(v, NodeAnnotation) else v for k, v in n.meta.items()}
+    return clone

@@ -2,8 +2,8 @@
 
 Exact configurations (no passes, default pipeline, split_merge, partition with
 K = 2..4, their chain, the multi-device runtime, ONNX export in onnxruntime)
-must ``assert_close`` to eager with default fp32 tolerances. Lossy ones state a
-bound: int8 output SQNR >= 25 dB. The pass manager runs the verifier after every
+must ``assert_close`` to eager with default fp32 tolerances. Lossy ones check the
+pass's accuracy budget: int8 output SQNR >= 25 dB, the budget the config asks for. The pass manager runs the verifier after every
 pass (``verify=True`` also compares each pass's outputs with the graph before it).
 Configurations marked ``roundtrip`` also save the compiled model (a branching
 ``Program`` included), load it back and expect the same outputs.
@@ -48,8 +48,12 @@ CONFIGS: list[Config] = [
            roundtrip=True),
     Config("split_merge+partition", "split_merge,partition(k=2,fewer_ok=True)", devices=2, needs=("split_merge", "partition")),
     Config("onnx", "default", onnx=True),
-    Config("quantize-dynamic", "quantize(mode=dynamic,progress=False)", needs=("quantize",), exact=False,
-           roundtrip=True),
+    # The pass's own promise: output SQNR >= 25 dB on its calibration data (the example
+    # inputs), layers kept fp32 where needed. Without a budget there is no promise to check:
+    # a LayerNorm over 2 features after an int8 Linear turns rounding into sign flips
+    # (seed 8865: 12.4 dB unbudgeted, 56 dB with the budget).
+    Config("quantize-dynamic", "quantize(mode=dynamic,progress=False,max_error=25,metric='sqnr')",
+           needs=("quantize",), exact=False, roundtrip=True),
 ]
 
 
