@@ -12,15 +12,16 @@ the goal's balance: 1.10 on chains, 1.25 on branchy graphs. METIS's raw result
 is marked ``(loop)`` when its parts depend on each other in a loop (it is then
 repaired, and left out of the louvain-vs-metis comparison).
 
-Pipeline: the same graph compiled with ``partition(k=2, contiguous=True)`` by
-louvain and by ``even`` (the equal-parameter split torch.distributed.pipelining's
+Pipeline (GPT-2, ResNet, Inception, GoogLeNet): the same graph compiled with
+``partition(k=2, contiguous=True, microbatches=M)`` and measured costs by louvain
+and by ``even`` (the equal-parameter split torch.distributed.pipelining's
 ``split_into_equal_size`` makes), run as 2 gloo stage processes with the same
 schedule, microbatches and 1 thread each; steps/s ratio. Stage times are
-predicted before the runs (``autoglm.stage_time``: node costs measured at
-microbatch size + a calibrated per-op/per-call correction) and printed against
-each stage's measured forward time with the error %, the analytic roofline
-beside them for reference. torch's own pipelining frontend as the baseline:
-``benchmarks/pipeline_vs_torch.py``.
+predicted before the runs (``autoglm.stage_time``: node costs timed in context
+at microbatch size + a calibrated per-op/per-call correction) and printed
+against each stage's forward time run alone here and inside the pipeline (wall
+and CPU), with the error %, the analytic roofline beside them for reference.
+torch's own pipelining frontend as the baseline: ``benchmarks/pipeline_vs_torch.py``.
 """
 from __future__ import annotations
 
