@@ -72,14 +72,15 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with _preserved_state(model):
-        captured = capture(model, args, kwargs, frontend=frontend, branches=backend == "fx")
+        captured = capture(model, args, kwargs, frontend=frontend, branches=True)
     timings["capture_s"] = time.perf_counter() - t0
     if captured.frontend == "branching":  # data-dependent control flow: one graph per path
         from autoglm.program import compile_program
 
         program = compile_program(model, captured, pipeline, devices, verify=verify, cost=cost, measure=measure,
                                   max_plans=max_plans, on_limit=on_limit, timings=timings,
-                                  allow_fallback=frontend == "auto")
+                                  allow_fallback=frontend == "auto", backend=backend,
+                                  backend_options=backend_options)
         if program is not None:
             return program
         captured = capture(model, args, kwargs, frontend="export")  # the branching trace failed otherwise

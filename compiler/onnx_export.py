@@ -523,15 +523,10 @@ def export_artifact(artifact_dir: str | os.PathLike, onnx_path: str | os.PathLik
     return export_onnx(autoglm.load(artifact_dir), onnx_path, **options)
 
 
-def attach_onnxruntime(cm: Any, threads: int | None = None, *, path: str | os.PathLike | None = None,
-                       **opts: Any) -> OrtExecutor:
-    """Export ``cm`` and make onnxruntime its executor (``backend="onnxruntime"``).
-
-    ``path``: where the .onnx goes (default: a private temporary directory,
-    removed when the executor is garbage-collected). Other keywords are
-    ``OrtOptions`` fields (``optimization``, ``allow_spinning``...) or
-    ``ExportOptions`` fields (``opset``, ``dynamic``...).
-    """
+def _exported_session(export: Any, threads: int | None, path: str | os.PathLike | None,
+                      opts: dict[str, Any]) -> tuple[OrtExecutor, Any]:
+    """``export(path, **export_options)`` to ``path`` (default: a private temporary directory,
+    removed with the executor) and an onnxruntime session on the file."""
     ort_fields = set(OrtOptions.__dataclass_fields__) - {"threads"}
     ort_opts = OrtOptions(threads=threads, **{k: v for k, v in opts.items() if k in ort_fields})
     export_opts = {k: v for k, v in opts.items() if k not in ort_fields}
@@ -541,7 +536,7 @@ def attach_onnxruntime(cm: Any, threads: int | None = None, *, path: str | os.Pa
         path = os.path.join(tmpdir, "model.onnx")
         cleanup = tmpdir
     try:
-        result = export_onnx(cm, path, **export_opts)
+        result = export(path, **export_opts)
     except BaseException:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)
@@ -549,6 +544,38 @@ def attach_onnxruntime(cm: Any, threads: int | None = None, *, path: str | os.Pa
     executor = OrtExecutor(result.path, ort_opts)
     if cleanup:
         weakref.finalize(executor, shutil.rmtree, cleanup, True)
+    return executor, result
+
+
+def attach_onnxruntime(cm: Any, threads: int | None = None, *, path: str | os.PathLike | None = None,
+                       **opts: Any) -> OrtExecutor:
+    """Export ``cm`` and make onnxruntime its executor (``backend="onnxruntime"``).
+
+    ``path``: where the .onnx goes (default: a private temporary directory,
+    removed when the executor is garbage-collected). Other keywords are
+    ``OrtOptions`` fields (``optimization``, ``allow_spinning``...) or
+    ``ExportOptions`` fields (``opset``, ``dynamic``...).
+    """
+    executor, result = _exported_session(lambda p, **eo: export_onnx(cm, p, **eo), threads, path, opts)
     cm.executor = executor
     cm.notes["onnxruntime"] = {"path": result.path, "threads": threads, "export": result.to_json()}
+    return executor
+
+
+def onnxruntime_for_graph(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], threads: int | None = None,
+                          **opts: Any) -> OrtExecutor:
+    """One flat graph (a branching program's segment) exported, checked and run in onnxruntime.
+
+    Takes exactly the graph's flat inputs and returns its flat outputs, like the
+    segment's own ``forward``. Keywords as for ``attach_onnxruntime``.
+    """
+    names = [f"input_{i}" for i in range(len(example_inputs))]
+
+    def export(p: str, **export_opts: Any) -> Any:
+        return export_graph(gm, example_inputs, Path(p), resolve_options(None, export_opts), names, [])
+
+    executor, _ = _exported_session(export, threads, None, opts)
+    if len(executor.input_names) != len(example_inputs):
+        raise OnnxExportError(f"the exported segment takes {len(executor.input_names)} inputs, the graph "
+                              f"{len(example_inputs)} (onnx dropped an unused one)")
     return executor

@@ -48,6 +48,8 @@ class ProgramOptions:
     measure: bool = False
     max_plans: int = 64  # compiled paths kept; 2^6 covers six independent two-way branches
     on_limit: str = "eager"  # "eager": new paths past the limit run uncompiled; "error": raise
+    backend: str = "fx"  # "onnxruntime": each compiled segment runs as its own ONNX session
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -206,7 +208,34 @@ class Program(CompiledModel):
         executor = _build_executor(gm, ctx)
         # Calling forward directly skips nn.Module hook dispatch: a few µs per segment.
         run = gm.forward if executor is gm else executor
+        if opts.backend == "onnxruntime":
+            run = self._on_onnxruntime(gm, inputs, run)
         return gm, run, list(manager.records)
+
+    def _on_onnxruntime(self, gm: fx.GraphModule, inputs: Sequence[Any], fx_run: Any) -> Any:
+        """The segment as an onnxruntime session; kept on fx (and said so) when it cannot be one."""
+        from autoglm.onnx_check import OnnxExportError
+        from autoglm.onnx_export import onnxruntime_for_graph
+
+        kept = _ReasonCounter(self.notes.setdefault("onnxruntime_kept_fx", {}))
+        compute = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+        if any(n.is_impure() or str(getattr(n.target, "__name__", n.target)).endswith("_") for n in compute):
+            kept.append("a segment updates state in place (onnxruntime cannot update the model's buffers)")
+            return fx_run
+        if not all(isinstance(v, torch.Tensor) for v in inputs):
+            kept.append("a segment takes non-tensor values")
+            return fx_run
+        # A session holds what it reads as constants: a buffer the model updates (a running
+        # memory, a counter) would be frozen at its export-time value.
+        buffers = {id(b) for b in self.model.buffers()} if self.model is not None else set()
+        if any(n.op == "get_attr" and id(_lookup(gm, str(n.target))) in buffers for n in gm.graph.nodes):
+            kept.append("a segment reads a model buffer (an onnxruntime session would freeze its value)")
+            return fx_run
+        try:
+            return onnxruntime_for_graph(gm, inputs, **self.options.backend_options)
+        except (OnnxExportError, RuntimeError, TypeError, ValueError) as exc:
+            kept.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
+            return fx_run
 
     # -- one path as one graph ---------------------------------------------------------
     def path_graph(self, leaf: PlanNode) -> fx.GraphModule:
@@ -257,6 +286,16 @@ class Program(CompiledModel):
         return fx.GraphModule(root, g, f"{type(self.model).__name__}Path")
 
 
+class _ReasonCounter:
+    """``append(reason)`` counts segments per reason in a notes dict."""
+
+    def __init__(self, counts: dict[str, int]):
+        self.counts = counts
+
+    def append(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+
 def _adopt(root: nn.Module, source: fx.GraphModule, target: str, segment_index: int) -> str:
     """Give ``root`` the attribute ``target`` of ``source``; rename when another segment's differs."""
     obj: Any = source
@@ -296,7 +335,8 @@ def _lookup(root: nn.Module, name: str) -> Any:
 def compile_program(model: nn.Module, captured: Any, passes: list[GraphPass], devices: Sequence[str], *,
                     verify: bool = False, cost: str = "analytic", measure: bool = False, max_plans: int = 64,
                     on_limit: str = "eager", timings: dict[str, float] | None = None,
-                    allow_fallback: bool = False) -> Program | None:
+                    allow_fallback: bool = False, backend: str = "fx",
+                    backend_options: dict[str, Any] | None = None) -> Program | None:
     """Build the ``Program`` for a model the symbolic frontend refused on a data-dependent branch.
 
     The example inputs' path is compiled here, so capture problems surface in
@@ -308,9 +348,10 @@ def compile_program(model: nn.Module, captured: Any, passes: list[GraphPass], de
         raise ValueError(f"on_limit must be 'eager' or 'error', got {on_limit!r}")
     if not isinstance(max_plans, int) or isinstance(max_plans, bool) or max_plans < 1:
         raise ValueError(f"max_plans must be a positive int, got {max_plans!r}")
-    options = ProgramOptions(list(passes), list(devices), verify, cost, measure, max_plans, on_limit)
+    options = ProgramOptions(list(passes), list(devices), verify, cost, measure, max_plans, on_limit, backend,
+                             dict(backend_options or {}))
     config = {"passes": [p.spec() for p in passes], "devices": list(devices), "frontend": "branching",
-              "cost": cost, "verify": verify, "backend": "fx", "max_plans": max_plans, "on_limit": on_limit}
+              "cost": cost, "verify": verify, "backend": backend, "max_plans": max_plans, "on_limit": on_limit}
     timings = dict(timings or {})
     program = Program(model, captured.signature, captured.flat_inputs, config, options,
                       notes={"timings": timings, "frontend_reasons": dict(captured.reasons)})
