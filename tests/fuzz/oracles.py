@@ -35,6 +35,7 @@ class Config:
     min_sqnr_db: float = 25.0
     onnx: bool = False
     roundtrip: bool = False  # save + autoglm.load give the same outputs
+    backend: str = "fx"  # "onnxruntime": compiled with that backend (branching programs per segment)
 
 
 CONFIGS: list[Config] = [
@@ -48,6 +49,7 @@ CONFIGS: list[Config] = [
            roundtrip=True),
     Config("split_merge+partition", "split_merge,partition(k=2,fewer_ok=True)", devices=2, needs=("split_merge", "partition")),
     Config("onnx", "default", onnx=True),
+    Config("onnxruntime-backend", "default", backend="onnxruntime"),
     # The pass's own promise: output SQNR >= 25 dB on its calibration data (the example
     # inputs), layers kept fp32 where needed. Without a budget there is no promise to check:
     # a LayerNorm over 2 features after an int8 Linear turns rounding into sign flips
@@ -62,7 +64,7 @@ def available_configs() -> list[Config]:
     for c in CONFIGS:
         if not all(n in REGISTRY for n in c.needs):
             continue
-        if c.onnx:
+        if c.onnx or c.backend == "onnxruntime":
             try:
                 import autoglm.onnx_export  # noqa: F401
             except ImportError:
@@ -89,7 +91,10 @@ def eager_reference(model: torch.nn.Module, inputs: tuple) -> tuple[torch.Tensor
 def run_config(config: Config, model: torch.nn.Module, inputs: tuple, reference: tuple) -> None:
     """Raise AssertionError (or the compiler's error) when the oracle does not hold."""
     cm = autoglm.compile(model, inputs, passes=config.passes, devices=["cpu"] * config.devices,
-                         verify=config.exact)
+                         verify=config.exact, backend=config.backend)
+    if config.backend == "onnxruntime":  # onnxruntime's kernels: the ONNX oracle's tolerance
+        _parity_vs_eager(model, cm, inputs)
+        return
     with torch.no_grad():
         got = _flat(cm(*inputs))
     if config.exact:
@@ -117,13 +122,20 @@ def _check_roundtrip(cm: Any, inputs: tuple, got: tuple[torch.Tensor, ...]) -> N
         torch.testing.assert_close(a, g)
 
 
-def _check_onnx(cm: Any, model: torch.nn.Module, inputs: tuple) -> None:
-    """Export (which checks itself against the compiled model) and run the file in
-    onnxruntime against eager: rtol 1e-3 / atol 1e-5, or within fp32 rounding noise
-    of the float64 result where the computation is ill-conditioned."""
+def _parity_vs_eager(model: torch.nn.Module, run: Callable[..., Any], inputs: tuple) -> None:
+    """``run`` (onnxruntime underneath) against eager: rtol 1e-3 / atol 1e-5, or within
+    fp32 rounding noise of the float64 result where the computation is ill-conditioned."""
     import copy
 
     from autoglm.onnx_check import run_parity
+
+    model64 = copy.deepcopy(model).double()
+    run_parity(lambda *x: model(*x), run, [("fuzz", list(inputs))], 1e-3, 1e-5,
+               reference64=lambda *x: model64(*x))
+
+
+def _check_onnx(cm: Any, model: torch.nn.Module, inputs: tuple) -> None:
+    """Export (which checks itself against the compiled model) and run the file in onnxruntime against eager."""
     from autoglm.runtime.onnxruntime import OrtExecutor, OrtPathsExecutor
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +143,4 @@ def _check_onnx(cm: Any, model: torch.nn.Module, inputs: tuple) -> None:
         manifest = getattr(result, "manifest", None)
         ort_run = (OrtPathsExecutor(manifest, threads=1) if manifest else
                    OrtExecutor(Path(tmp) / "model.onnx", threads=1))
-        model64 = copy.deepcopy(model).double()
-        run_parity(lambda *x: model(*x), ort_run, [("fuzz", list(inputs))], 1e-3, 1e-5,
-                   reference64=lambda *x: model64(*x))
+        _parity_vs_eager(model, ort_run, inputs)
