@@ -145,7 +145,10 @@ def run_stage(args: argparse.Namespace) -> int:
     status = _Status(args.status_dir, rank, args.microbatches)
     _start_heartbeat(args.status_dir, rank)
     torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available()
+    # Every rank must pick the same backend: nccl only when each local rank has a GPU of
+    # its own (nccl refuses two ranks on one device); otherwise gloo on CPU everywhere.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=args.step_timeout))
     try:
