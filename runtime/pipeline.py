@@ -81,14 +81,20 @@ def _signal_name(code: int) -> str:
         return f"signal {code}"
 
 
-def _read_status(status_dir: Path, nproc: int) -> dict[int, dict[str, Any]]:
+def _read_status(status_dir: Path, nproc: int, tries: int = 5) -> dict[int, dict[str, Any]]:
+    """Each stage's last status record. A stage rewrites its record in place (one
+    ``pwrite``), so a read can meet it half-written: read again, a write takes microseconds."""
     out = {}
     for r in range(nproc):
         p = status_dir / f"rank{r}.json"
-        try:
-            out[r] = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
+        for attempt in range(tries):
+            try:
+                out[r] = json.loads(p.read_text())
+                break
+            except OSError:
+                break
+            except ValueError:
+                time.sleep(0.002 * (attempt + 1))
     return out
 
 
@@ -107,9 +113,13 @@ def _alive(pid: int) -> bool:
 
 def _kill_workers(sdir: Path, nproc: int) -> None:
     """SIGKILL every stage process still alive: torchrun starts workers in their own sessions,
-    so killing torchrun's process group does not reach a hung (or stopped) worker."""
-    for st in _read_status(sdir, nproc).values():
-        pid = int(st.get("pid", 0))
+    so killing torchrun's process group does not reach a hung (or stopped) worker.
+
+    Pids come from the status records and, in case a record could not be read, from
+    the processes whose command line names this run's status directory."""
+    pids = {int(st.get("pid", 0)) for st in _read_status(sdir, nproc).values()} | _workers_of(sdir)
+    killed = []
+    for pid in pids:
         if pid <= 0 or not _alive(pid):
             continue
         try:  # guard against pid reuse: only a pipeline worker is ours to kill
@@ -117,8 +127,30 @@ def _kill_workers(sdir: Path, nproc: int) -> None:
                 if b"pipeline_worker" not in f.read():
                     continue
             os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
         except (OSError, ProcessLookupError):
             pass
+    # SIGKILL is delivered asynchronously: a loaded machine may take a moment to run the
+    # exit. Return only once the workers are gone, so no stage outlives run_pipeline.
+    deadline = time.monotonic() + 5.0
+    while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _workers_of(sdir: Path) -> set[int]:
+    """Pids of pipeline workers started with ``--status-dir sdir`` (Linux /proc)."""
+    marker = str(sdir).encode()
+    found = set()
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"pipeline_worker" in a for a in args) and marker in args:
+            found.add(int(entry.name))
+    return found
 
 
 def _kill_group(proc: subprocess.Popen, sdir: Path, nproc: int) -> None:
