@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, is_dataclass
 import shutil
 import tempfile
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,14 +114,15 @@ def load_program(path: str | os.PathLike) -> LoadedProgram:
     root = Path(path)
     try:
         doc = json.loads((root / PROGRAM_FILE).read_text())
-        if doc.get("artifact_version") != ARTIFACT_VERSION or doc.get("kind") != "program":
-            raise ArtifactError(f"{root}: program version {doc.get('artifact_version')!r} not supported")
+        version = doc.get("artifact_version"), doc.get("kind")
         signature = FlatSignature.from_json(doc["signature"])
         config = dict(doc["config"])
         entries = list(doc["segments"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{root / PROGRAM_FILE} is not a valid autoglm program: {type(exc).__name__}: {exc}") \
             from exc
+    if version != (ARTIFACT_VERSION, "program"):
+        raise ArtifactError(f"{root}: program format {version} not supported (expected {(ARTIFACT_VERSION, 'program')})")
     options = ProgramOptions(passes=[], devices=list(config.get("devices", ["cpu"])),
                              max_plans=int(config.get("max_plans", 64)), on_limit="eager")
     nodes: list[PlanNode] = []
