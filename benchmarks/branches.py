@@ -23,11 +23,14 @@ import statistics
 import time
 from typing import Any, Callable, Sequence
 
-import torch
-import torch.nn as nn
+import common  # noqa: F401  (first: the repository root on sys.path, benchmarks/onnx.py off it)
 
-import autoglm
-from autoglm.program import Program
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import autoglm  # noqa: E402
+from autoglm.program import Program  # noqa: E402
+from examples.branching import TopKExperts  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -42,23 +45,6 @@ class TwoWay(nn.Module):
         if h.sum() > 0:
             return self.a(torch.relu(h))
         return self.b(torch.tanh(h))
-
-
-class TopKExperts(nn.Module):
-    def __init__(self, d: int, k: int = 4, top: int = 2):
-        super().__init__()
-        self.gate = nn.Linear(d, k)
-        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d)) for _ in range(k))
-        self.top = top
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = torch.softmax(self.gate(x).mean(0), dim=-1)
-        top_k_indices = torch.topk(scores, self.top).indices
-        out = torch.zeros_like(x)
-        for i, s in enumerate(scores):
-            if i in top_k_indices:
-                out = out + s * self.experts[i](x)
-        return out
 
 
 def _two_way_inputs(model: nn.Module, d: int, batch: int) -> list[torch.Tensor]:
@@ -203,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     two = TwoWay(args.dim).eval()
     rows.append(bench_model("two-way", two, _two_way_inputs(two, args.dim, args.batch), args.rounds, args.reps,
                             not args.no_torch_compile))
-    moe = TopKExperts(args.dim).eval()
+    moe = TopKExperts(args.dim, mlp=True).eval()
     rows.append(bench_model("top-2-of-4", moe, _expert_inputs(moe, args.dim, args.batch, 6), args.rounds,
                             args.reps, not args.no_torch_compile))
     print(f"threads=1 dim={args.dim} batch={args.batch} rounds={args.rounds} reps={args.reps}")

@@ -17,6 +17,7 @@ import torch.nn as nn
 import autoglm
 from autoglm.program import Program
 from autoglm.runtime.replan import GuardFailure, PlanLimitError
+from examples.branching import TopKExperts
 
 D = 8
 N_INPUTS = 200
@@ -101,25 +102,6 @@ class EarlyReturn(nn.Module):
             return h
         g = self.extra(h)
         return {"h": h, "g": g}
-
-
-class TopKExperts(nn.Module):
-    """Top-2 of 4 experts chosen per call, written the way the design notes write it."""
-
-    def __init__(self, k: int = 4, top: int = 2):
-        super().__init__()
-        self.gate = nn.Linear(D, k)
-        self.experts = nn.ModuleList(nn.Linear(D, D) for _ in range(k))
-        self.top = top
-
-    def forward(self, x):
-        scores = torch.softmax(self.gate(x).mean(0), dim=-1)
-        top_k_indices = torch.topk(scores, self.top).indices
-        out = torch.zeros_like(x)
-        for i, s in enumerate(scores):
-            if i in top_k_indices:
-                out = out + s * self.experts[i](x)
-        return out
 
 
 class ShapeBranch(nn.Module):
@@ -226,7 +208,7 @@ def test_early_return_changes_output_structure():
 
 
 def test_top2_of_4_experts_membership():
-    model = _seeded(TopKExperts(), seed=4)
+    model = _seeded(TopKExperts(D), seed=4)
     xs = _inputs()
     cm = autoglm.compile(model, (xs[0],))
     chosen = set()
@@ -298,7 +280,7 @@ def test_torch_cond_save_and_load(cond_compiled, tmp_path):
 
 
 def test_concurrent_calls_compile_each_path_once():
-    model = _seeded(TopKExperts(), seed=4)
+    model = _seeded(TopKExperts(D), seed=4)
     xs = _inputs(120, seed=8)
     with torch.no_grad():
         wants = [model(x) for x in xs]  # eager before the threads: tracing patches nn.Module globally
