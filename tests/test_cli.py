@@ -158,6 +158,22 @@ def test_run_checks_input_shape_and_nproc(saved, tmp_path, capsys):
     assert "compiled for float32[4x1x8x8], got float32[2x1x8x8]" in capsys.readouterr().err
 
 
+def test_pipeline_run_checks_shapes_per_microbatch(saved, tmp_path, capsys, monkeypatch):
+    """Pipelines are compiled at microbatch size and fed the whole batch: the check is per microbatch."""
+    pipe = pytest.importorskip("autoglm.runtime.pipeline")
+    out = tmp_path / "o"
+    assert main(["compile", str(saved / "cnn.pt2"), "--passes", "dce", "--out", str(out), "-q"]) == 0
+    monkeypatch.setattr(pipe, "run_pipeline", lambda artifact_dir, inputs, nproc, schedule, microbatches:
+                        tuple(torch.zeros(t.shape[0], 10) for t in inputs))  # the CLI's checks only
+    torch.save((torch.randn(8, 1, 8, 8),), tmp_path / "big.pt")  # compiled at 4: two microbatches of 4
+    assert main(["run", str(out), "--inputs", str(tmp_path / "big.pt"), "--nproc", "2", "--microbatches", "2",
+                 "-q"]) == 0, capsys.readouterr().err
+    assert main(["run", str(out), "--inputs", str(tmp_path / "big.pt"), "--nproc", "2", "--microbatches", "3"]) == 1
+    assert "does not split into --microbatches 3" in capsys.readouterr().err
+    assert main(["run", str(out), "--inputs", str(tmp_path / "big.pt"), "--nproc", "2", "--microbatches", "4"]) == 1
+    assert "got float32[2x1x8x8] per microbatch" in capsys.readouterr().err
+
+
 def test_run_nproc_calls_the_pipeline_runner(saved, tmp_path, capsys, monkeypatch):
     """The CLI wiring only (flat inputs in, structured outputs out); the runner has its own tests."""
     pipe = pytest.importorskip("autoglm.runtime.pipeline")

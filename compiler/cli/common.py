@@ -198,20 +198,30 @@ def describe_tensors(tensors: Any) -> str:
     return ", ".join(out)
 
 
-def check_inputs_match(cm: Any, args: tuple, kwargs: dict) -> None:
-    """Compiled graphs are shape-specialised: say so clearly instead of failing inside the graph."""
+def check_inputs_match(cm: Any, args: tuple, kwargs: dict, microbatches: int = 1) -> None:
+    """Compiled graphs are shape-specialised: say so clearly instead of failing inside the graph.
+
+    ``microbatches > 1`` (a pipeline run): dim 0 must split evenly, and one microbatch
+    must match the compiled shapes (pipelines are compiled at microbatch size)."""
     try:
         flat = cm.signature.flatten_inputs(args, kwargs)
     except TypeError as exc:
         raise CliError(f"inputs do not match the compiled model: {exc}") from exc
+    if microbatches > 1:
+        for i, t in enumerate(flat):
+            if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] % microbatches:
+                raise CliError(f"input {i} ({describe_tensors([t])}): dim 0 does not split into "
+                               f"--microbatches {microbatches} equal parts")
+        flat = [t[: t.shape[0] // microbatches] for t in flat]
     expected = cm.example_inputs
     if len(flat) != len(expected):
         raise CliError(f"the compiled model takes {len(expected)} tensors ({describe_tensors(expected)}), "
                        f"got {len(flat)} ({describe_tensors(flat)})")
     for i, (got, want) in enumerate(zip(flat, expected)):
         if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or got.shape != want.shape:
+            per = " per microbatch" if microbatches > 1 else ""
             raise CliError(f"input {i}: the model was compiled for {describe_tensors([want])}, got "
-                           f"{describe_tensors([got])}; compile again with inputs of this shape/dtype")
+                           f"{describe_tensors([got])}{per}; compile again with inputs of this shape/dtype")
 
 
 def load_compiled(path: str | os.PathLike) -> Any:

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with console.step(f"loading {args.artifact}"):
             cm = load_compiled(args.artifact)
         inputs = load_example_inputs(args.inputs)
-        check_inputs_match(cm, inputs.args, inputs.kwargs)
+        check_inputs_match(cm, inputs.args, inputs.kwargs, args.microbatches if args.nproc > 1 else 1)
         with console.step("running" if args.nproc == 1 else f"running on {args.nproc} pipeline stages"):
             if args.nproc > 1:
                 outputs = _run_pipeline(args.artifact, cm, inputs, args)
