@@ -86,7 +86,7 @@ def main() -> None:
           f"1 thread, {args.repeats} interleaved rounds")
     print(f"export/quantize time: fp32 export {fp32_s:.1f}s, ours (compile+quantize+export+checks) {ours_s:.1f}s, "
           f"ORT quantize_dynamic {ort_s:.1f}s")
-    print(f"parity of our int8 export vs our compiled int8 model: "
+    print("parity of our int8 export vs our compiled int8 model: "
           + ", ".join(f"{p.inputs} {p.sqnr_db:.1f} dB" for p in ours.parity))
     print(f"{'variant':<14} {'median ms':>10} {'vs ORT int8':>12} {'paired':>8} {'cosine vs fp32':>15} "
           f"{'int8 share':>11} {'Add ops':>8}")

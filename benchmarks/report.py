@@ -55,7 +55,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for engine in engines:  # interleaved so load drifts hit both engines alike
                 t0 = time.perf_counter()
-                path = write_report(cm, Path(tmp) / f"{engine}.html", layout=engine)
+                write_report(cm, Path(tmp) / f"{engine}.html", layout=engine)
                 times[engine].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             data = build_report_data(cm)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import builtins
 import importlib
 import math
-import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from autoglm.ir.meta import NodeAnnotation, annotation, has_annotation
+from autoglm.ir.meta import annotation, has_annotation
 
 __all__ = ["UnsafeArtifactError", "graph_to_json", "graph_from_json"]
 

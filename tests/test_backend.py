@@ -1,5 +1,4 @@
 """torch.compile(backend="autoglm") runs Dynamo subgraphs through the pipeline."""
-import torch
 import torch.nn as nn
 
 from autoglm.backend import make_backend

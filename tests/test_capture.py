@@ -1,6 +1,4 @@
 """Capture: both frontends, structured inputs/outputs, clear errors."""
-from dataclasses import dataclass
-
 import pytest
 import torch
 import torch.nn as nn

@@ -3,7 +3,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 import autoglm

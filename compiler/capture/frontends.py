@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.fx as fx

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
-import torch
 import torch.fx as fx
 
 __all__ = ["PassResult", "PassContext", "GraphPass", "NoOptions", "PassError", "NodeError", "source_line"]
