@@ -12,20 +12,7 @@ from autoglm.runtime.partition_graphs import extract_stages
 from examples.graphs import resnet_cnn
 from tests.pass_check import capture_for_test
 from tests.test_partition import _check_valid
-
-
-class HeavyMiddle(nn.Module):
-    """Three Linears; the middle one holds ~90% of the work, so k=2 cannot balance unsplit."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(64, 64)
-        self.b = nn.Linear(64, 1024)
-        self.c = nn.Linear(64, 64)
-
-    def forward(self, x):
-        h = torch.relu(self.b(torch.relu(self.a(x))))
-        return self.c(h.reshape(h.shape[0], 16, 64).mean(1))
+from tests.test_split_merge import HeavyMiddle  # the middle Linear holds ~87% of the work
 
 
 def _partition(model, inputs, **options):
@@ -42,13 +29,13 @@ def _close_to_eager(gm, ctx, model, inputs, k):
 
 def test_heavy_node_is_split_at_the_boundary_and_parts_balance():
     torch.manual_seed(0)
-    model, inputs = HeavyMiddle(), (torch.randn(32, 64),)
+    model, inputs = HeavyMiddle(), (torch.randn(32, 32),)
     gm, ctx, unsplit = _partition(model, inputs, k=2, split=False)
     assert unsplit.imbalance > 1.3 and not unsplit.splits  # the reason to split
     gm, ctx, plan = _partition(model, inputs, k=2)
     _check_valid(gm, ctx, 2)
     assert plan.imbalance <= 1.10
-    assert [s["node"] for s in plan.splits] and sum(plan.splits[0]["sizes"]) == 1024
+    assert [s["node"] for s in plan.splits] and sum(plan.splits[0]["sizes"]) == 256
     shards = [n for n in gm.graph.nodes if "split" in annotation(n).tags and annotation(n).tags["split"]["role"] == "shard"]
     assert {annotation(n).partition for n in shards} == {0, 1}  # the cut runs between the pieces
     _close_to_eager(gm, ctx, model, inputs, 2)
@@ -155,7 +142,7 @@ def test_a_split_that_moves_the_outputs_is_refused_and_the_graph_kept(monkeypatc
 
     monkeypatch.setattr(partition_module, "_reannotate", drifting)
     torch.manual_seed(0)
-    model, inputs = HeavyMiddle(), (torch.randn(32, 64),)
+    model, inputs = HeavyMiddle(), (torch.randn(32, 32),)
     gm, ctx = capture_for_test(model, inputs)
     names = [n.name for n in gm.graph.nodes]
     Partition(k=2).run(gm, ctx)
