@@ -213,29 +213,34 @@ class Program(CompiledModel):
         return gm, run, list(manager.records)
 
     def _on_onnxruntime(self, gm: fx.GraphModule, inputs: Sequence[Any], fx_run: Any) -> Any:
-        """The segment as an onnxruntime session; kept on fx (and said so) when it cannot be one."""
+        """The segment as an onnxruntime session; kept on fx (and counted by reason) when it cannot be one."""
         from autoglm.onnx_check import OnnxExportError
         from autoglm.onnx_export import onnxruntime_for_graph
 
-        kept = _ReasonCounter(self.notes.setdefault("onnxruntime_kept_fx", {}))
+        reason = self._onnxruntime_refusal(gm, inputs)
+        if reason is None:
+            try:
+                return onnxruntime_for_graph(gm, inputs, **self.options.backend_options)
+            except (OnnxExportError, RuntimeError, TypeError, ValueError) as exc:
+                text = str(exc).strip()
+                reason = f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+        kept = self.notes.setdefault("onnxruntime_kept_fx", {})
+        kept[reason] = kept.get(reason, 0) + 1
+        return fx_run
+
+    def _onnxruntime_refusal(self, gm: fx.GraphModule, inputs: Sequence[Any]) -> str | None:
+        """Why this segment cannot be an onnxruntime session, or None."""
         compute = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
         if any(n.is_impure() or str(getattr(n.target, "__name__", n.target)).endswith("_") for n in compute):
-            kept.append("a segment updates state in place (onnxruntime cannot update the model's buffers)")
-            return fx_run
+            return "a segment updates state in place (onnxruntime cannot update the model's buffers)"
         if not all(isinstance(v, torch.Tensor) for v in inputs):
-            kept.append("a segment takes non-tensor values")
-            return fx_run
+            return "a segment takes non-tensor values"
         # A session holds what it reads as constants: a buffer the model updates (a running
         # memory, a counter) would be frozen at its export-time value.
         buffers = {id(b) for b in self.model.buffers()} if self.model is not None else set()
         if any(n.op == "get_attr" and id(_lookup(gm, str(n.target))) in buffers for n in gm.graph.nodes):
-            kept.append("a segment reads a model buffer (an onnxruntime session would freeze its value)")
-            return fx_run
-        try:
-            return onnxruntime_for_graph(gm, inputs, **self.options.backend_options)
-        except (OnnxExportError, RuntimeError, TypeError, ValueError) as exc:
-            kept.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
-            return fx_run
+            return "a segment reads a model buffer (an onnxruntime session would freeze its value)"
+        return None
 
     # -- one path as one graph ---------------------------------------------------------
     def path_graph(self, leaf: PlanNode) -> fx.GraphModule:
@@ -284,16 +289,6 @@ class Program(CompiledModel):
                 else:
                     env[n] = g.node_copy(n, env.__getitem__)
         return fx.GraphModule(root, g, f"{type(self.model).__name__}Path")
-
-
-class _ReasonCounter:
-    """``append(reason)`` counts segments per reason in a notes dict."""
-
-    def __init__(self, counts: dict[str, int]):
-        self.counts = counts
-
-    def append(self, reason: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
 
 
 def _adopt(root: nn.Module, source: fx.GraphModule, target: str, segment_index: int) -> str:
