@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from autoglm.ir.meta import annotation, output_specs, private_copy, set_annotation
+from autoglm.ir.meta import output_specs, private_copy
 from autoglm.passes.partition_refine import UnitGraph, balanced_stage_cost, min_max_cap
 from autoglm.passes.split_nodes import SplitChoice, apply_split, split_choice
 
@@ -128,9 +128,8 @@ def split_for_balance(gm: fx.GraphModule, splits: Sequence[BalanceSplit], node_c
     """Try ``splits`` on a copy of ``gm`` first; keep them only when the outputs hold.
 
     Returns (splits made on ``gm``, why they were refused). ``reannotate(graph)``
-    annotates the split copy and returns its outputs on the example inputs. The copy
-    keeps ``gm``'s own nodes (their identity and provenance) out of a split that is
-    refused; an accepted one is replayed on ``gm``, which takes the copy's annotations.
+    annotates a graph and returns its outputs on the example inputs. The copy keeps
+    ``gm``'s own nodes (their identity and provenance) out of a split that is refused.
     """
     if not splits:
         return [], None
@@ -145,9 +144,5 @@ def split_for_balance(gm: fx.GraphModule, splits: Sequence[BalanceSplit], node_c
         lines = str(exc).strip().splitlines()
         return [], f"split graph's outputs moved beyond fp32 tolerance ({lines[-1] if lines else 'mismatch'})"
     done = apply_balance_splits(gm, splits, node_cost)
-    # The same rewrite on the same graph names its nodes alike: take the copy's fresh
-    # annotations instead of running (and, with measured costs, timing) the graph again.
-    annotated = {n.name: n for n in trial.graph.nodes}
-    for n in gm.graph.nodes:
-        set_annotation(n, annotation(annotated[n.name]))
+    reannotate(gm)
     return done, None
