@@ -157,14 +157,21 @@ def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:
     return DirectExecutor(gm)
 
 
-def load(path: str | os.PathLike) -> CompiledModel:
-    """Load a saved artifact directory (never unpickles); a saved ``Program`` comes back as a ``LoadedProgram``."""
+def load(path: str | os.PathLike, *, trust_remote_code: bool = False) -> CompiledModel:
+    """Load a saved artifact directory; a saved ``Program`` comes back as a ``LoadedProgram``.
+
+    Nothing from the files is executed: the graph is rebuilt from autoglm's exact
+    table of operators (``autoglm.op_table``), tensors come from safetensors, and
+    shapes and costs are read from the file instead of running the graph.
+    ``trust_remote_code=True`` also resolves functions outside the table (ones a
+    user marked ``torch.fx.wrap``) by importing them; see docs/security.md.
+    """
     from autoglm.artifacts import load_artifact
     from autoglm.program_io import is_program, load_program
 
     if is_program(path):
-        return load_program(path)
-    gm, sig, inputs, config = load_artifact(path)
+        return load_program(path, trust_remote_code=trust_remote_code)
+    gm, sig, inputs, config = load_artifact(path, trust_remote_code=trust_remote_code)
     executor = executor_for_loaded(gm, inputs, config)
     notes: dict[str, Any] = {}
     if "partition_plan" in config:
@@ -180,10 +187,8 @@ def load(path: str | os.PathLike) -> CompiledModel:
 
 
 def executor_for_loaded(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], config: dict[str, Any]) -> Any:
-    """Annotate a loaded graph on its example inputs and pick its executor, as compile would."""
-    with torch.no_grad():
-        annotate(gm, inputs)
-    CostModel("analytic").annotate_costs(gm)  # the report and plan read cost_s
+    """Pick a loaded graph's executor, as compile would. The graph is not run: its
+    annotations (shapes, costs, partitions) were read from the file."""
     ctx = PassContext(list(inputs), devices=list(config.get("devices", ["cpu"])))
     if any(has_annotation(n) and annotation(n).partition is not None for n in gm.graph.nodes):
         ctx.properties.add("partitioned")

@@ -108,7 +108,7 @@ class LoadedProgram(Program):
             self.cache.run(list(flat_inputs))
 
 
-def load_program(path: str | os.PathLike) -> LoadedProgram:
+def load_program(path: str | os.PathLike, *, trust_remote_code: bool = False) -> LoadedProgram:
     from autoglm.api import executor_for_loaded
 
     root = Path(path)
@@ -129,7 +129,7 @@ def load_program(path: str | os.PathLike) -> LoadedProgram:
     first_inputs: list[torch.Tensor] = []
     program: LoadedProgram | None = None
     for i, entry in enumerate(entries):
-        gm, sig, example, seg_config = load_artifact(root / "segments" / str(i))
+        gm, sig, example, seg_config = load_artifact(root / "segments" / str(i), trust_remote_code=trust_remote_code)
         if program is None:
             first_inputs = example[: int(doc["n_inputs"])]
             program = LoadedProgram(None, signature, first_inputs, config, options)  # type: ignore[arg-type]

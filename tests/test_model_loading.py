@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from autoglm.cli.main import main
-from autoglm.file_safety import _check_guard, _check_sympy_expr
+from autoglm.pt2_checks import check_guard as _check_guard, check_sympy_expr as _check_sympy_expr
 from autoglm.model_loading import (ModelLoadError, UnsafeFileError,
                                    load_example_inputs, load_model)
 from examples.models import small_cnn
