@@ -24,6 +24,10 @@ The effective configuration (every pass with all of its options, defaults
 included) is what ``effective()`` returns; the CLI stores it in the artifact's
 ``config.json`` under ``effective_config``, and such a ``config.json`` can be
 passed back as ``--config`` to reproduce the build.
+
+Config files are untrusted input, read within the limits of ``autoglm.bounded_read``:
+regular files only (no FIFO or device), at most ``AUTOGLM_MAX_CONFIG_BYTES`` (16 MiB),
+UTF-8, nested at most ``AUTOGLM_MAX_NESTING`` (64) levels deep.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from autoglm.bounded_read import parse_document, read_user_file
 from autoglm.ir.pass_base import GraphPass
 from autoglm.spec import SpecError, parse_spec
 
@@ -99,42 +104,63 @@ def _options_dict(p: GraphPass) -> dict[str, Any]:
     return out
 
 
-def _parse_file(path: Path) -> Any:
+def _read_text(path: Path) -> str:
+    # Regular files only and at most AUTOGLM_MAX_CONFIG_BYTES (autoglm.bounded_read): a FIFO or
+    # /dev/zero given as --config must not hang the CLI or exhaust memory.
+    data = read_user_file(path, "config file", "config", error=ConfigError)
     try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ImportError as exc:
-                raise ConfigError("TOML configs need Python 3.11+ (or pip install tomli); use YAML") from exc
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
-    if suffix in (".yaml", ".yml"):
-        import yaml
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text ({exc})") from exc
 
+
+def _parse_toml(path: Path, text: str) -> Any:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
         try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from exc
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: JSON syntax error: {exc}") from exc
-    raise ConfigError(f"config file {path}: unsupported extension {suffix or '(none)'!r}; use .toml, .yaml or .json")
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError as exc:
+            raise ConfigError("TOML configs need Python 3.11+ (or pip install tomli); use YAML") from exc
+    try:
+        return tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, and int() refusing a number with too many digits
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from exc
+    except ValueError as exc:  # a constructor's int()/timestamp refusing a value
+        raise ConfigError(f"{path}: YAML value error: {exc}") from exc
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and int() refusing a number with too many digits
+        raise ConfigError(f"{path}: JSON syntax error: {exc}") from exc
+
+
+_PARSERS = {".toml": _parse_toml, ".yaml": _parse_yaml, ".yml": _parse_yaml, ".json": _parse_json}
+
+
+def _parse_file(path: Path) -> Any:
+    text = _read_text(path)
+    suffix = path.suffix.lower()
+    if suffix not in _PARSERS:
+        raise ConfigError(f"config file {path}: unsupported extension {suffix or '(none)'!r}; "
+                          "use .toml, .yaml or .json")
+    # Deep nesting would end in a RecursionError (in the parser, or later in code walking the
+    # result): refused, like documents over AUTOGLM_MAX_NESTING levels or AUTOGLM_MAX_DOC_NODES values.
+    return parse_document(lambda t: _PARSERS[suffix](path, t), text, f"config file {path}", error=ConfigError)
 
 
 def passes_from_value(value: Any, where: str) -> str | list[PassItem]:

@@ -20,31 +20,35 @@ Whole-module pickles and TorchScript archives are refused unless the caller
 passes ``trust_remote_code=True``; there is never an automatic fallback to full
 unpickling.
 
-How ``.pt2`` archives are checked before torch reads them (torch 2.13 would
-otherwise unpickle and ``exec`` parts of them) is in ``autoglm.file_safety``.
+How ``.pt2`` archives are checked and rebuilt before torch reads them (torch
+2.13 would otherwise unpickle and ``exec`` parts of them) is in
+``autoglm.pt2_reader`` and ``autoglm.pt2_checks``.
 
 NaN/Inf weights are refused (``allow_nonfinite=True`` turns that into a warning).
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import io
 import os
 import re
 import sys
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 
-from autoglm.file_safety import (GLOBAL_RE, ModelLoadError, UnsafeFileError, allowed_callable, check_pt2_archive,
-                                 first_line, quiet_torch_export_logs, safe_torch_load)
+from autoglm.bounded_read import check_npz, read_user_file
+from autoglm.file_safety import GLOBAL_RE, ModelLoadError, UnsafeFileError, first_line, safe_torch_load
+from autoglm.pt2_reader import read_pt2
 
 __all__ = ["ModelLoadError", "UnsafeFileError", "LoadedModel", "ExampleInputs", "load_model",
-           "load_example_inputs", "import_factory", "check_pt2_archive", "safe_torch_load"]
+           "load_example_inputs", "import_factory", "safe_torch_load"]
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 INPUT_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
@@ -82,15 +86,10 @@ class LoadedModel:
 # ---------------------------------------------------------------- small helpers
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    if not path.exists():
-        raise ModelLoadError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise ModelLoadError(f"{what} {path} is a directory, expected a file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+def _read_bytes(path: Path, what: str, cap: str = "model") -> bytes:
+    # Regular files only, at most the cap (autoglm.bounded_read): a FIFO, /dev/zero or a
+    # huge file must not hang the CLI or exhaust memory.
+    data = read_user_file(path, what, cap, error=ModelLoadError)
     if not data:
         raise ModelLoadError(f"{what} {path} is empty (0 bytes)")
     return data
@@ -114,17 +113,8 @@ def _is_pt2(names: list[str]) -> bool:
     return any(n.split("/", 1)[-1] == "archive_format" for n in names)
 
 
-def _load_pt2(path: Path, data: bytes) -> LoadedModel:
-    check_pt2_archive(data, str(path))
-    try:
-        with quiet_torch_export_logs():
-            ep = torch.export.load(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001 - corrupted graphs fail in many ways inside torch
-        raise ModelLoadError(f"{path}: the exported graph is corrupted or from an incompatible torch "
-                             f"({first_line(exc)})") from exc
-    for node in ep.graph.nodes:
-        if node.op == "call_function" and not allowed_callable(node.target):
-            raise UnsafeFileError(f"{path}: node {node.name} calls {node.target!r}, not a torch operator; refused")
+def _load_pt2(path: Path, data: bytes, trust_remote_code: bool = False) -> LoadedModel:
+    ep, example = read_pt2(data, str(path), trust_remote_code=trust_remote_code)
     try:
         # check_guards=False: the guard function is generated from strings in the
         # file and exec'd; input shapes are still checked by the module's pre-hook.
@@ -135,13 +125,67 @@ def _load_pt2(path: Path, data: bytes) -> LoadedModel:
     module = torch.fx.GraphModule(gm, gm.graph)
     tensors = {**ep.state_dict, **{k: v for k, v in ep.constants.items() if isinstance(v, torch.Tensor)}}
     inputs = None
-    if ep.example_inputs is not None:
-        args, kwargs = ep.example_inputs
+    if example is not None:
+        args, kwargs = example
         inputs = ExampleInputs(tuple(args), dict(kwargs))
     return LoadedModel(module, str(path), "pt2", inputs, warnings=tuple(_nonfinite_warnings(tensors)))
 
 
 # ---------------------------------------------------------------- state dicts
+
+
+def _is_cwd(entry: str) -> bool:
+    return os.path.abspath(entry or os.curdir) == os.getcwd()  # "" on sys.path means the cwd too
+
+
+@contextmanager
+def _cwd_off_sys_path() -> Iterator[None]:
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if not _is_cwd(p)]
+    try:
+        yield
+    finally:  # put the cwd entries back, keeping what the imported code added
+        sys.path[:] = saved + [p for p in sys.path if p not in saved]
+
+
+def _provided_elsewhere(top: str) -> bool:
+    """Whether the stdlib, an installed package or an already imported module provides ``top``."""
+    if top in sys.stdlib_module_names:
+        return True
+    with _cwd_off_sys_path():
+        try:
+            return importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):  # a module without a spec is already imported: provided
+            return True
+
+
+def _import_user_module(mod_name: str) -> Any:
+    """Import the user's module, looking in the current directory only for names nothing else provides.
+
+    Like uvicorn/gunicorn, the user's package is usually in the cwd; but a downloaded model
+    folder must never shadow the standard library or an installed package (its ``html.py``
+    would run on the next ``import html``). So a name provided elsewhere is imported with the
+    cwd taken off ``sys.path``, and the cwd is only ever appended at the end of ``sys.path``.
+    """
+    top = mod_name.partition(".")[0]
+    if _provided_elsewhere(top):
+        with _cwd_off_sys_path():
+            return importlib.import_module(mod_name)
+    if not any(_is_cwd(p) for p in sys.path):
+        sys.path.append(os.getcwd())
+    return importlib.import_module(mod_name)
+
+
+def _shadow_note(top: str) -> str:
+    """Why a same-named file in the cwd was not used (for error messages)."""
+    cwd = os.getcwd()
+    if not (os.path.isfile(os.path.join(cwd, f"{top}.py")) or os.path.isdir(os.path.join(cwd, top))):
+        return ""
+    loaded = getattr(sys.modules.get(top), "__file__", None) or ""
+    if loaded.startswith(cwd + os.sep) or not _provided_elsewhere(top):  # it is the cwd's (imported earlier)
+        return ""
+    return (f"; {top} is a standard-library or installed module, so the {top} in the current directory is "
+            "not imported (rename it)")
 
 
 def import_factory(spec: str) -> Callable[[], Any]:
@@ -151,16 +195,15 @@ def import_factory(spec: str) -> Callable[[], Any]:
     mod_name, attr = spec.split(":")
     if not mod_name or not attr:
         raise ModelLoadError(f"--model {spec!r} must look like package.module:factory")
-    if os.getcwd() not in sys.path:  # like uvicorn/gunicorn: the user's package is usually in the cwd
-        sys.path.insert(0, os.getcwd())
+    note = _shadow_note(mod_name.partition(".")[0])
     try:
-        module = importlib.import_module(mod_name)
+        module = _import_user_module(mod_name)
     except Exception as exc:  # noqa: BLE001 - ImportError or an error in the user's module
-        raise ModelLoadError(f"--model {spec}: cannot import {mod_name} ({first_line(exc)})") from exc
+        raise ModelLoadError(f"--model {spec}: cannot import {mod_name} ({first_line(exc)}){note}") from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelLoadError(f"--model {spec}: {mod_name} has no attribute {attr!r}")
+            raise ModelLoadError(f"--model {spec}: {mod_name} has no attribute {attr!r}{note}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelLoadError(f"--model {spec}: {attr} is not callable")
@@ -249,7 +292,7 @@ def load_model(path: str | os.PathLike, *, factory: str | None = None, trust_rem
     if names is not None and _is_pt2(names) or p.suffix == ".pt2":
         if factory:
             raise ModelLoadError(f"--model is for state dicts; {p} is a torch.export archive and holds its own graph")
-        loaded = _load_pt2(p, data)
+        loaded = _load_pt2(p, data, trust_remote_code)
     elif names is not None and _is_torchscript(names):
         if not trust_remote_code:
             raise UnsafeFileError(f"{p} is a TorchScript archive: loading it runs the code stored inside. Export "
@@ -339,14 +382,14 @@ def _check_input_tree(obj: Any, label: str, depth: int = 0) -> None:
 def load_example_inputs(path: str | os.PathLike) -> ExampleInputs:
     """Example inputs from ``.pt`` (weights_only), ``.npz`` (no pickle) or ``.safetensors``."""
     p = Path(path)
-    data = _read_bytes(p, "inputs file")
+    data = _read_bytes(p, "inputs file", "inputs")
     label = str(p)
     if p.suffix == ".npz":
         import numpy as np
 
-        if _zip_names(data) is None:  # numpy would otherwise try to read it as a pickle
+        if not zipfile.is_zipfile(io.BytesIO(data)):  # numpy would otherwise try to read it as a pickle
             raise ModelLoadError(f"{label} is not a readable .npz file (not a zip archive)")
-
+        check_npz(data, label, error=ModelLoadError)  # a 2 MB zip can inflate to GiBs: check before numpy reads
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 named = {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}

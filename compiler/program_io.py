@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 import torch
 
-from autoglm.artifacts import ARTIFACT_VERSION, ArtifactError, load_artifact, replace_dir, save_artifact
+from autoglm.artifacts import ARTIFACT_VERSION, ArtifactError, load_artifact, read_artifact_json, replace_dir, \
+    save_artifact
 from autoglm.capture.branching import BranchInfo, Segment
 from autoglm.capture.flat import FlatSignature
 from autoglm.program import Program, ProgramOptions, _SegmentPlan
@@ -113,7 +114,7 @@ def load_program(path: str | os.PathLike, *, trust_remote_code: bool = False) ->
 
     root = Path(path)
     try:
-        doc = json.loads((root / PROGRAM_FILE).read_text())
+        doc = read_artifact_json(root / PROGRAM_FILE, "program")
         version = doc.get("artifact_version"), doc.get("kind")
         signature = FlatSignature.from_json(doc["signature"])
         config = dict(doc["config"])
