@@ -70,3 +70,19 @@ def test_load_does_not_run_the_graph(base: Path) -> None:
     shapes = [a.outputs[0].shape for a in (n.meta.get("autoglm") for n in cm.graph_module.graph.nodes) if a and a.outputs]
     assert (2, 4) in shapes  # read from the file, not measured
     torch.testing.assert_close(cm(torch.ones(2, 4)), cm.graph_module(torch.ones(2, 4))[0])
+
+
+def test_fx_wrapped_functions_need_trust_remote_code(tmp_path: Path) -> None:
+    """A user function in the graph is user code: refused by default, loadable when the user vouches for it."""
+    import autoglm
+    from autoglm.op_table import UnsafeArtifactError
+    from tests.hostile.wrapped import UsesWrapped
+
+    model, x = UsesWrapped().eval(), torch.randn(2, 4)
+    cm = autoglm.compile(model, (x,), passes="none", frontend="symbolic")
+    assert any(getattr(n.target, "__name__", "") == "scaled_gelu" for n in cm.graph_module.graph.nodes)
+    cm.save(tmp_path / "a")
+    with pytest.raises(UnsafeArtifactError, match="--trust-remote-code"):
+        autoglm.load(tmp_path / "a")
+    trusted = autoglm.load(tmp_path / "a", trust_remote_code=True)
+    torch.testing.assert_close(trusted(x), model(x))
