@@ -1,11 +1,16 @@
 """Cost model: seconds per node, analytic (roofline) or measured.
 
-Analytic: ``max(flops / peak_flops, bytes / bandwidth) + dispatch`` with this
-machine's peak GEMM rate and memory bandwidth, measured once and cached on disk
-(``$AUTOGLM_CACHE`` or ``~/.cache/autoglm/machine-<threads>t.json``); pass a
-``MachineProfile`` to override. Measured: the node's median latency on its real
-inputs, cached by (op, shapes, dtype, device, threads) so identical layers are
-timed once.
+Analytic: ``max(flops / peak_flops, bytes / bandwidth) + dispatch`` with a
+fixed ``REFERENCE_PROFILE`` by default, so that an analytic plan is a function of
+the graph alone: the same in every process, on every machine, whatever ran
+before (a profile measured per machine made plans drift with the machine's load:
+a partition test failed at 1.1004 > 1.10 after a fresh measurement). Pass
+``profile=machine_profile()`` to plan for this machine's measured rates
+(measured once and cached on disk: ``$AUTOGLM_CACHE`` or
+``~/.cache/autoglm/machine-<threads>t.json``). Measured: the node's median
+latency on its real inputs, cached by (op, shapes, dtype, device, threads) on
+the ``CostModel`` (one compile's session, never process-wide), so identical
+layers are timed once per compile.
 
 What the roofline counts as bytes (the annotator records every tensor a node
 touches, which over-counts some ops):
@@ -33,7 +38,7 @@ from autoglm.ir.meta import annotation, has_annotation, iter_compute_nodes, outp
 from autoglm.ir.ops import OpKind, op_kind
 from autoglm.ir.timing import median_seconds
 
-__all__ = ["MachineProfile", "CostModel", "CostKind", "measure_machine", "machine_profile"]
+__all__ = ["MachineProfile", "CostModel", "CostKind", "measure_machine", "machine_profile", "REFERENCE_PROFILE"]
 
 CostKind = Literal["analytic", "measured"]
 
@@ -71,6 +76,11 @@ def measure_machine(repeats: int = 5) -> MachineProfile:
     )
 
 
+# One core of the AMD EPYC (AVX-512) this project is developed on, 1 thread, as measured_machine()
+# reported it (rounded). Only ratios matter for plans: compute- vs memory-bound, op vs dispatch.
+REFERENCE_PROFILE = MachineProfile(peak_flops=70e9, bandwidth=17e9, dispatch_s=2.8e-6, threads=1, python_op_s=2.6e-8)
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("AUTOGLM_CACHE", Path.home() / ".cache" / "autoglm"))
 
@@ -101,24 +111,24 @@ def machine_profile(refresh: bool = False) -> MachineProfile:
     return _PROFILE
 
 
-# Measured latencies keyed by (op, input shapes, dtype, device); process-wide.
-_MEASURED: dict[tuple, float] = {}
-
-
 class CostModel:
     """Seconds per node. ``kind="measured"`` needs the graph's example inputs."""
 
-    def __init__(self, kind: CostKind = "analytic", profile: MachineProfile | None = None, repeats: int = 5):
+    def __init__(self, kind: CostKind = "analytic", profile: MachineProfile | None = None, repeats: int = 5,
+                 timings: dict[tuple, float] | None = None):
         if kind not in ("analytic", "measured"):
             raise ValueError(f"cost must be 'analytic' or 'measured', got {kind!r}")
         self.kind = kind
         self._profile = profile
         self.repeats = repeats
+        # Measured latencies keyed by (op, input shapes, dtype, device), shared only with the
+        # cost models this one hands its ``timings`` to (the passes of the same compile).
+        self.timings: dict[tuple, float] = {} if timings is None else timings
 
     @property
     def profile(self) -> MachineProfile:
         if self._profile is None:
-            self._profile = machine_profile()
+            self._profile = REFERENCE_PROFILE
         return self._profile
 
     def analytic(self, node: fx.Node) -> float:
@@ -174,12 +184,14 @@ class CostModel:
         """Time every compute node on its real inputs, reusing cached timings."""
         from autoglm.ir.annotate import AnnotatingInterpreter  # local: annotate imports meta only
 
+        timings = self.timings
+
         class _Cached(AnnotatingInterpreter):
             def _time(inner, n: fx.Node, args: Any, kwargs: Any) -> float:  # noqa: N805
                 key = _measure_key(n, gm, args, kwargs)
-                if key not in _MEASURED:
-                    _MEASURED[key] = AnnotatingInterpreter._time(inner, n, args, kwargs)
-                return _MEASURED[key]
+                if key not in timings:
+                    timings[key] = AnnotatingInterpreter._time(inner, n, args, kwargs)
+                return timings[key]
 
         _Cached(gm, measure=True, repeats=self.repeats).run(*example_inputs)
 

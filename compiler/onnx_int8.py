@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from autoglm.ir.int8 import ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, QDQ, W_DTYPE, W_QMAX, W_QMIN, Int8Conv2d, \
     Int8Embedding, Int8Linear
+from autoglm.ir.effects import has_side_effects
 from autoglm.ir.ops import get_attr_value
 
 __all__ = ["int8_twin", "translation_table", "dynamic_qdq", "dynamic_int8_linear", "replace_qdq_linears"]
@@ -241,6 +242,6 @@ def replace_qdq_linears(gm: fx.GraphModule) -> int:
         graph.erase_node(node)
         count += 1
     if count:
-        graph.eliminate_dead_code()
+        graph.eliminate_dead_code(is_impure_node=has_side_effects)
         gm.recompile()
     return count

@@ -1,6 +1,7 @@
 """Runs an ordered list of passes with checks and records after each one.
 
-After every pass: ``graph.lint()``, re-annotation on the example inputs (new
+After every pass: the ``modified`` flag is checked against a fingerprint of the
+graph (``autoglm.ir.fingerprint``), then ``graph.lint()``, re-annotation on the example inputs (new
 nodes get shapes/FLOPs/bytes; the same run yields the outputs), the verifier
 (shape metadata present, output signature unchanged) and, with ``verify=True``,
 a numerical comparison against the outputs before the pass (exact passes:
@@ -18,6 +19,7 @@ import torch
 import torch.fx as fx
 
 from autoglm.ir.annotate import annotate
+from autoglm.ir.fingerprint import graph_fingerprint
 from autoglm.ir.meta import annotation
 from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.pass_base import GraphPass, NodeError, PassContext, PassError, PassResult
@@ -93,6 +95,7 @@ class PassManager:
                  expected: list, index: int) -> tuple[fx.GraphModule, tuple, bool]:
         previous = [q.name for q in self.passes[:index]]
         before_ids = {id(n) for n in gm.graph.nodes}
+        before_print = graph_fingerprint(gm)
         nodes_before = len(gm.graph.nodes)
         t0 = time.perf_counter()
         try:
@@ -117,6 +120,10 @@ class PassManager:
         if not result.modified and (created or removed):
             raise PassError(p.name, f"reported modified=False but created {created} and removed {removed} nodes",
                             None, previous)
+        if not result.modified and graph_fingerprint(new_gm) != before_print:
+            # The flag decides whether the graph is re-annotated and verified: it may not lie.
+            raise PassError(p.name, "reported modified=False but changed the graph (a node's target or arguments, "
+                            "or a submodule/parameter); report modified=True", None, previous)
         record = PassRecord(p.name, p.spec(), p.exact, wall, nodes_before, len(new_gm.graph.nodes),
                             result.modified, created, removed, notes=dict(ctx.notes.get(p.name, {})))
         if not result.modified:  # nothing to re-annotate or re-verify

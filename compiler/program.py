@@ -30,6 +30,7 @@ from autoglm.capture.flat import FlatSignature
 from autoglm.compiled import CompiledModel
 from autoglm.cost import CostModel
 from autoglm.ir.annotate import annotate
+from autoglm.ir.effects import has_side_effects
 from autoglm.ir.pass_base import GraphPass, PassContext, PassError
 from autoglm.pass_manager import PassManager
 from autoglm.runtime.replan import PlanCache, PlanLimitError, PlanNode, ReplanStats, check_guard
@@ -231,7 +232,7 @@ class Program(CompiledModel):
     def _onnxruntime_refusal(self, gm: fx.GraphModule, inputs: Sequence[Any]) -> str | None:
         """Why this segment cannot be an onnxruntime session, or None."""
         compute = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
-        if any(n.is_impure() or str(getattr(n.target, "__name__", n.target)).endswith("_") for n in compute):
+        if any(has_side_effects(n) for n in compute):
             return "a segment updates state in place (onnxruntime cannot update the model's buffers)"
         if not all(isinstance(v, torch.Tensor) for v in inputs):
             return "a segment takes non-tensor values"

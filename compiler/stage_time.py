@@ -101,17 +101,18 @@ def time_in_context(gm: fx.GraphModule, inputs: Sequence[Any], runs: int = 9, wa
     return {n: statistics.median(ts[warmup:]) for n, ts in timer.samples.items()}
 
 
-def _node_latencies(gm: fx.GraphModule, inputs: Sequence[Any], timing: str, repeats: int) -> CostModel:
-    """Write ``latency_s`` on ``gm``'s nodes, timed on ``inputs`` the ``timing`` way."""
+def _node_latencies(gm: fx.GraphModule, inputs: Sequence[Any], timing: str, given: CostModel) -> CostModel:
+    """Write ``latency_s`` on ``gm``'s nodes, timed on ``inputs`` the ``timing`` way (isolated timings
+    land in ``given``'s cache, so a caller holding that cost model sees the same numbers)."""
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
-    model = CostModel("measured", repeats=repeats)
+    model = CostModel("measured", repeats=given.repeats, timings=given.timings)
     if timing == "isolated":
         model.measure(gm, list(inputs))
         return model
     with torch.no_grad():
         annotate(gm, list(inputs))  # shapes at these inputs
-    for n, seconds in time_in_context(gm, inputs, runs=max(2 * repeats - 1, 3)).items():
+    for n, seconds in time_in_context(gm, inputs, runs=max(2 * model.repeats - 1, 3)).items():
         annotation(n).latency_s = seconds
     return model
 
@@ -168,7 +169,7 @@ def _calibration_chain(length: int) -> fx.GraphModule:
 def _residual(gm: fx.GraphModule, repeats: int, rounds: int, timing: str) -> tuple[float, int]:
     """(chain run time - sum of its nodes' timings, node count)."""
     x = torch.randn(64)
-    cost = _node_latencies(gm, [x], timing, repeats)
+    cost = _node_latencies(gm, [x], timing, CostModel("measured", repeats=repeats))
     nodes = list(iter_compute_nodes(gm.graph))
     summed = sum(cost.node_cost(n) for n in nodes)
     with torch.no_grad():
@@ -221,7 +222,7 @@ def predict_stage_times(gm: fx.GraphModule, microbatch_inputs: Sequence[Any] | N
     model = cost if isinstance(cost, CostModel) else CostModel(cost)
     if model.kind == "measured" and microbatch_inputs is not None:
         gm = private_copy(gm)
-        model = _node_latencies(gm, microbatch_inputs, timing, model.repeats)
+        model = _node_latencies(gm, microbatch_inputs, timing, model)
     parts = node_partitions(gm)
     if not parts:
         raise ValueError("predict_stage_times: the graph has no compute nodes")

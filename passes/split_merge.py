@@ -36,6 +36,7 @@ from typing import Literal
 import torch.fx as fx
 
 from autoglm.cost import CostModel
+from autoglm.ir.effects import has_side_effects
 from autoglm.ir.meta import annotation, iter_compute_nodes, output_specs
 from autoglm.ir.ops import OpKind, op_kind
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
@@ -105,7 +106,8 @@ class SplitMerge(GraphPass):
             kind = given.kind if given is not None else "analytic"
         if given is not None and given.kind == kind:
             return given
-        return CostModel(kind, profile=given.profile if given is not None else None)
+        return CostModel(kind, profile=given.profile if given is not None else None,
+                         timings=given.timings if given is not None else None)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         opts = self.options
@@ -165,7 +167,7 @@ class SplitMerge(GraphPass):
         def mergeable(n: fx.Node) -> bool:
             if _is_ours(n) or n not in load or load[n] >= opts.low or len(output_specs(n)) != 1:
                 return False
-            if n.is_impure() or (n.op == "call_method" and str(n.target).endswith("_")):
+            if has_side_effects(n):
                 return False  # side effects and in-place updates stay where they are
             return opts.merge_weighted or op_kind(n, gm) not in _WEIGHTED_KINDS
 

@@ -15,18 +15,20 @@ import torch.fx as fx
 from autoglm.capture import capture
 from autoglm.cost import CostModel
 from autoglm.ir.annotate import annotate
+from autoglm.ir.fingerprint import graph_fingerprint
 from autoglm.ir.pass_base import GraphPass, PassContext
 from autoglm.pass_manager import PassManager, sqnr_db
 
 
 def capture_for_test(model: torch.nn.Module, inputs: tuple, devices: Sequence[str] = ("cpu",),
                      kwargs: dict | None = None, calibration: Any = None,
-                     frontend: str = "auto") -> tuple[fx.GraphModule, PassContext]:
+                     frontend: str = "auto", profile: Any = None) -> tuple[fx.GraphModule, PassContext]:
+    """Capture and annotate; costs are analytic with ``profile`` (default: the fixed reference profile)."""
     model.eval()
     cap = capture(model, inputs, kwargs or {}, frontend=frontend)
     gm = cap.graph_module
     annotate(gm, cap.flat_inputs)
-    cost = CostModel("analytic")
+    cost = CostModel("analytic", profile=profile)
     cost.annotate_costs(gm)
     return gm, PassContext(cap.flat_inputs, devices=list(devices), cost=cost, calibration=calibration)
 
@@ -51,25 +53,25 @@ def _flat(out: Any) -> tuple:
 def check_pass(p: GraphPass, model: torch.nn.Module, inputs: tuple, *, devices: Sequence[str] = ("cpu",),
                changed: Callable[[fx.GraphModule], bool] | None = None, expect_modified: bool = True,
                min_sqnr_db: float | None = None, calibration: Any = None,
-               frontend: str = "auto") -> fx.GraphModule:
+               frontend: str = "auto", profile: Any = None) -> fx.GraphModule:
     """Run the shared checks; returns the rewritten graph module."""
-    gm, ctx = capture_for_test(model, inputs, devices, calibration=calibration, frontend=frontend)
+    gm, ctx = capture_for_test(model, inputs, devices, calibration=calibration, frontend=frontend, profile=profile)
     with torch.no_grad():
         eager = _flat(model(*inputs))
-    before = gm.code
+    before = graph_fingerprint(gm)  # not gm.code: a pass editing a node in place leaves the code stale
     manager = PassManager([p])
     gm = manager.run(gm, ctx)
     record = manager.records[-1]
     assert record.modified == expect_modified, f"{p.name}: modified={record.modified}, expected {expect_modified}"
-    assert (gm.code != before) == record.modified, f"{p.name}: modified flag disagrees with the graph change"
+    assert (graph_fingerprint(gm) != before) == record.modified, f"{p.name}: modified flag disagrees with the graph change"
     if changed is not None and expect_modified:
         assert changed(gm), f"{p.name}: expected structural change not found:\n{gm.code}"
     # A second run must be a no-op.
     again = PassManager([type(p)(p.options)])
-    code = gm.code
+    code = graph_fingerprint(gm)
     gm = again.run(gm, ctx)
     assert not again.records[-1].modified, f"{p.name}: second run reported modified"
-    assert gm.code == code, f"{p.name}: second run changed the graph"
+    assert graph_fingerprint(gm) == code, f"{p.name}: second run changed the graph"
     with torch.no_grad():
         got = _flat(gm(*ctx.example_inputs))
     if p.exact:

@@ -67,7 +67,6 @@ def test_measured_costs_are_cached_by_op_and_shape(monkeypatch):
     gm, ctx, cm = _graph(kind="measured")
     calls = []
     real = AnnotatingInterpreter._time
-    monkeypatch.setattr(cost_mod, "_MEASURED", {})
     monkeypatch.setattr(AnnotatingInterpreter, "_time", lambda self, *a: calls.append(1) or real(self, *a))
     cm.annotate_costs(gm, ctx.example_inputs)
     first = len(calls)
@@ -132,3 +131,19 @@ def test_measure_machine_gives_positive_rates():
 def test_unknown_cost_kind_is_refused():
     with pytest.raises(ValueError, match="analytic"):
         CostModel("guess")  # type: ignore[arg-type]
+
+
+def test_analytic_plans_do_not_depend_on_the_machine_profile_cache(tmp_path, monkeypatch):
+    """The default analytic model uses the fixed reference profile, never a measured or cached one."""
+    from autoglm.cost import REFERENCE_PROFILE
+
+    monkeypatch.setenv("AUTOGLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(cost_mod, "_PROFILE", FIXED)  # a profile measured earlier in this process
+    assert CostModel("analytic").profile == REFERENCE_PROFILE
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing cached
+
+
+def test_measured_timings_belong_to_one_cost_model():
+    gm, ctx, cm = _graph(kind="measured")
+    cm.annotate_costs(gm, ctx.example_inputs)
+    assert cm.timings and not CostModel("measured").timings  # no process-wide cache

@@ -60,15 +60,16 @@ def test_microbatch_inputs_are_timed_on_a_copy_at_microbatch_shape():
     before = {n.name: (annotation(n).latency_s, [s.shape for s in annotation(n).outputs])
               for n in iter_compute_nodes(gm.graph)}
     mb = x[:2]
-    preds = predict_stage_times(gm, [mb], microbatches=2, cost="measured", timing="isolated")
+    session = CostModel("measured")
+    preds = predict_stage_times(gm, [mb], microbatches=2, cost=session, timing="isolated")
     # the caller's graph keeps its own annotations (shapes at the compile batch)
     after = {n.name: (annotation(n).latency_s, [s.shape for s in annotation(n).outputs])
              for n in iter_compute_nodes(gm.graph)}
     assert after == before
-    # timings are cached by op and shape: timing a fresh copy at the same shape gives the
-    # very latencies the prediction was built from
+    # timings are cached by op and shape on the cost model: timing a fresh copy at the same
+    # shape with it gives the very latencies the prediction was built from
     again = copy.deepcopy(gm)
-    CostModel("measured").measure(again, [mb])
+    session.measure(again, [mb])
     first = next(iter_compute_nodes(again.graph)).name
     assert [n for n in iter_compute_nodes(again.graph)][0].meta["autoglm"].outputs[0].shape[0] == 2
     assert before[first][1][0][0] == 4

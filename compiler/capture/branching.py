@@ -26,7 +26,6 @@ reads them itself.
 from __future__ import annotations
 
 import copy
-import operator
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -39,6 +38,7 @@ from torch.fx.proxy import Attribute, Proxy
 from autoglm.capture.errors import CaptureError, user_frame
 from autoglm.capture.flat import FlatSignature, fixed_arity_flat_call
 from autoglm.capture.symbolic import AutoglmTracer
+from autoglm.ir.effects import has_side_effects
 
 __all__ = ["BranchInfo", "BranchingTracer", "Segment", "Undecided", "trace_segment", "tensor_contains",
            "NondeterministicTraceError"]
@@ -216,19 +216,6 @@ class Segment:
     n_effects: int = 0  # trailing outputs that only keep in-place updates alive
 
 
-def _mutates(node: fx.Node) -> bool:
-    """In-place tensor updates: ``t.copy_(v)``, ``torch.relu_(t)``, ``t[i] = v``, mutable aten ops."""
-    if node.op == "call_method":
-        name = str(node.target)
-        return name.endswith("_") and not name.startswith("__")
-    if node.op == "call_function":
-        if node.target is operator.setitem:
-            return True
-        name = getattr(node.target, "__name__", "")
-        return (name.endswith("_") and not name.startswith("__")) or node.is_impure()
-    return False
-
-
 def _traced(model: nn.Module, signature: FlatSignature, n_inputs: int, decisions: Sequence[Any],
             expected: Sequence[BranchInfo]) -> tuple[BranchingTracer, fx.Graph, Undecided | None, FlatSignature]:
     sig = copy.copy(signature)
@@ -293,7 +280,7 @@ def trace_segment(model: nn.Module, signature: FlatSignature, n_inputs: int, dec
         env[n] = g.node_copy(n, lookup)
     # In-place updates (a buffer's copy_) have no users; returning them keeps any
     # pass's dead-code elimination from dropping them. The runtime drops them again.
-    effects = [env[n] for n in body if _mutates(n)]
+    effects = [env[n] for n in body if n.op not in ("placeholder", "output") and has_side_effects(n)]
     if stop is None:
         assert out_node is not None
         outs = out_node.args[0]

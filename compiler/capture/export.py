@@ -14,6 +14,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from autoglm.ir.effects import has_side_effects
+
 __all__ = ["export_capture"]
 
 
@@ -30,7 +32,7 @@ def export_capture(root: nn.Module, flat_inputs: Sequence[torch.Tensor]) -> fx.G
         if name.startswith("_guards_fn"):
             delattr(gm, name)
     graph.set_codegen(fx.graph.CodeGen())
-    graph.eliminate_dead_code()
+    graph.eliminate_dead_code(is_impure_node=has_side_effects)
     gm.recompile()
     out = fx.GraphModule(gm, graph, root.__class__.__name__)
     return out

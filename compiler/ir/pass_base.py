@@ -7,7 +7,7 @@ keep no state between runs: everything they need arrives in the ``PassContext``.
     class Dce(GraphPass):
         name = "dce"
         def run(self, gm, ctx):
-            return PassResult(gm, gm.graph.eliminate_dead_code())
+            return PassResult(gm, eliminate_dead_code(gm))  # autoglm.ir.effects
 """
 from __future__ import annotations
 
