@@ -2,13 +2,16 @@
 
     before:  xd = dequantize(quantize(x, s, z)); wd = dequantize_per_channel(W_int8, W_scale)
              y = linear(xd, wd, b)
-    after:   y = Int8Linear[W_int8, W_scale, b, kernel=fbgemm_dynamic](x)
+    after:   y = Int8Linear[W_int8, W_scale, b, kernel=<fastest exact one measured>](x)
 
 Patterns (exactly what ``quantize`` writes, see docs/quantize.md): dynamic or
 static ``aten.linear``; static ``aten.conv2d`` followed by an output q/dq;
-``aten.embedding`` of a dequantized table. Each linear's kernel is chosen by
-timing every candidate in ``autoglm.ir.int8.LINEAR_KERNELS`` on the layer's
-real input shape. ``quantize(lower=True)`` runs this as its last step; the
+``aten.embedding`` of a dequantized table. Each linear's (conv's) kernel is
+chosen by timing the candidates in ``autoglm.ir.int8.LINEAR_KERNELS``
+(``CONV_KERNELS``) on the layer's real input shape, among those that compute
+exactly the q/dq numbers on this CPU (``choose_kernel``): the timing race picks
+the speed, never the result. A layer with no such kernel keeps its q/dq form.
+``quantize(lower=True)`` runs this as its last step; the
 registered ``quantize_lower`` pass does it on its own (e.g. after a
 ``quantize(lower=False)`` graph was inspected or saved).
 """
@@ -21,8 +24,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from autoglm.ir.int8 import (LINEAR_KERNELS, QDQ, Int8Conv2d, Int8Embedding, Int8Linear, choose_kernel,
-                             dequantize_weight, fake_quant_dynamic, fake_quant_static)
+from autoglm.ir.int8 import (CONV_KERNELS, LINEAR_KERNELS, QDQ, Int8Conv2d, Int8Embedding, Int8Linear,
+                             choose_kernel, dequantize_weight, fake_quant_dynamic, fake_quant_static)
 from autoglm.ir.meta import annotation, has_annotation, output_spec
 from autoglm.ir.ops import get_attr_value
 from autoglm.ir.pass_base import GraphPass, NoOptions, PassContext, PassResult
@@ -64,16 +67,23 @@ def _weight(n: Any, gm: fx.GraphModule) -> tuple[torch.Tensor, torch.Tensor, lis
     return q, s, [n, n.args[0], n.args[1]]
 
 
-def _example(x: fx.Node, in_features: int) -> torch.Tensor:
+def _example(x: fx.Node, channels: int, dim: int, default: tuple[int, ...]) -> torch.Tensor:
+    """A random input of the layer's real shape (the activation's recorded shape) for timing.
+
+    Drawn from a private seeded generator: lowering never consumes the caller's
+    global RNG, and the same graph is timed on the same numbers every run.
+    """
     node = x
     while output_spec(node) is None and node.op == "call_function" and node.args:  # new smoothing mul
         node = node.args[0]
     spec = output_spec(node)
-    if spec is not None and spec.shape and spec.shape[-1] == in_features:
-        return torch.randn(spec.shape)
+    rank = 4 if dim == 1 else None  # a conv's input is (N, C, H, W)
+    ok = (spec is not None and len(spec.shape) >= 1 and rank in (None, len(spec.shape))
+          and spec.shape[dim] == channels)
     # The input was created in this same pass (an earlier layer's replacement) and
-    # has no shape yet: time on a representative batch of rows instead.
-    return torch.randn(16, in_features)
+    # has no shape yet: time on a representative default shape instead.
+    shape = tuple(spec.shape) if ok else default
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
 def _module_name(gm: fx.GraphModule, weight_attr: fx.Node) -> str:
@@ -104,23 +114,46 @@ def _match(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, fx.Node, fx.Node, li
     if node.target is aten.linear.default:
         mode = "dynamic" if act.qparams is None else "static"
         scale, zp = act.qparams or (None, None)
-        example = _example(act.x, int(w[0].shape[1]))
+        in_features = int(w[0].shape[1])
+        example = _example(act.x, in_features, -1, (16, in_features))
         key = (mode, tuple(example.shape), tuple(w[0].shape))
         x_qdq = fake_quant_dynamic(example) if scale is None else fake_quant_static(example, scale, zp)
         reference = torch.nn.functional.linear(x_qdq, dequantize_weight(w[0], w[1]), bias)
+        rejected: dict[str, str] = {}
         kernel, times = choose_kernel(lambda k: Int8Linear(w[0], w[1], bias, scale, zp, kernel=k),
-                                      LINEAR_KERNELS[mode], example, key, reference=reference)
+                                      LINEAR_KERNELS[mode], example, key, reference=reference, rejected=rejected)
         if kernel is None:
             return None  # no kernel reproduces the q/dq numbers here: keep the q/dq form
-        row = {"kernel": kernel, "timings_us": {k: round(t * 1e6, 1) for k, t in times.items()}}
+        row = _kernel_row(kernel, times, rejected)
         return Int8Linear(w[0], w[1], bias, scale, zp, kernel=kernel), act.x, node, drop, row
     q_out = next(iter(node.users)) if len(node.users) == 1 else None
     out = _act(next(iter(q_out.users))) if q_out is not None and len(q_out.users) == 1 else None
     if act.qparams is None or out is None or out.x is not node or out.qparams is None:
         return None
     stride, padding, dilation, groups = node.args[3:7]
-    mod = Int8Conv2d(w[0], w[1], bias, stride, padding, dilation, groups, *act.qparams, *out.qparams)
-    return mod, act.x, out.nodes[0], drop + out.nodes, {"kernel": "fbgemm_static"}
+    c_in, (kh, kw) = int(w[0].shape[1]) * int(groups), w[0].shape[2:]
+    size = tuple(max(8, d * (k - 1) + 1) for d, k in zip(dilation, (kh, kw)))
+    example = _example(act.x, c_in, 1, (1, c_in) + size)
+    key = ("conv2d", tuple(example.shape), tuple(w[0].shape), tuple(stride), tuple(padding), tuple(dilation), groups)
+    x_qdq = fake_quant_static(example, *act.qparams)
+    y = torch.nn.functional.conv2d(x_qdq, dequantize_weight(w[0], w[1]), bias, stride, padding, dilation, groups)
+    reference = fake_quant_static(y, *out.qparams)
+    rejected: dict[str, str] = {}
+
+    def make(k: str) -> Int8Conv2d:
+        return Int8Conv2d(w[0], w[1], bias, stride, padding, dilation, groups, *act.qparams, *out.qparams, kernel=k)
+
+    kernel, times = choose_kernel(make, CONV_KERNELS, example, key, reference=reference, rejected=rejected)
+    if kernel is None:
+        return None  # no kernel reproduces the q/dq numbers here: keep the q/dq form
+    return make(kernel), act.x, out.nodes[0], drop + out.nodes, _kernel_row(kernel, times, rejected)
+
+
+def _kernel_row(kernel: str, times: dict[str, float], rejected: dict[str, str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"kernel": kernel, "timings_us": {k: round(t * 1e6, 1) for k, t in times.items()}}
+    if rejected:
+        row["rejected"] = dict(rejected)  # candidate -> why it may not run here (e.g. inexact on this CPU)
+    return row
 
 
 def lower_qdq(gm: fx.GraphModule) -> list[dict[str, Any]]:
@@ -185,7 +218,7 @@ class QuantizeLower(GraphPass):
     exact = False  # kernels re-derive activation qparams; results match q/dq to rounding
     requires = ("int8",)
     ensures = ("int8_lowered",)
-    summary = "replace q/dq patterns by the fastest measured int8 kernel"
+    summary = "replace q/dq patterns by the fastest measured exact int8 kernel"
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         rows = lower_qdq(gm)

@@ -9,6 +9,7 @@ holds. There is exactly one implementation.
 from __future__ import annotations
 
 from autoglm.ir.int8 import (
+    CONV_KERNELS,
     LINEAR_KERNELS,
     QDQ,
     Int8Conv2d,
@@ -16,8 +17,9 @@ from autoglm.ir.int8 import (
     Int8Linear,
     choose_kernel,
     dequantize_weight,
+    kernel_exact,
     quantize_weight,
 )
 
-__all__ = ["LINEAR_KERNELS", "QDQ", "Int8Conv2d", "Int8Embedding", "Int8Linear", "choose_kernel",
-           "dequantize_weight", "quantize_weight"]
+__all__ = ["CONV_KERNELS", "LINEAR_KERNELS", "QDQ", "Int8Conv2d", "Int8Embedding", "Int8Linear", "choose_kernel",
+           "dequantize_weight", "kernel_exact", "quantize_weight"]

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import autoglm
-from autoglm.ir.int8 import Int8Conv2d, Int8Embedding, Int8Linear
+from autoglm.ir.int8 import CONV_KERNELS, LINEAR_KERNELS, Int8Conv2d, Int8Embedding, Int8Linear, kernel_exact
 from autoglm.pass_manager import PassManager, sqnr_db
 from autoglm.passes.quantize import Quantize
 from autoglm.passes.quantize_lower import QuantizeLower
@@ -77,6 +77,93 @@ def test_unlowered_qdq_pattern_then_lowering_matches():
         assert sqnr_db([reference], [gm(x)[0]]) >= 40.0  # kernels compute what the q/dq graph says
 
 
+def _worst_case_linear(static: bool, kernel: str, in_features: int = 64) -> tuple[Int8Linear, torch.Tensor]:
+    """Every weight 127, every activation quantized to 255: int16 pair sums (64770) would saturate."""
+    q = torch.full((8, in_features), 127, dtype=torch.int8)
+    mod = Int8Linear(q, torch.ones(8), None, 1.0 if static else None, 0 if static else None, kernel=kernel)
+    x = torch.full((4, in_features), 255.0)
+    x[:, 0] = 0.0  # dynamic: range [0, 255] -> scale 1, zero point 0
+    return mod, x
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_every_linear_kernel_sums_exactly_on_this_cpu(mode):
+    """Whatever kernel a module names (chosen here, or saved on another machine), it computes
+    exact int32 sums: fbgemm's int16 pair saturation without VNNI (AVX2) must never run."""
+    for kernel in LINEAR_KERNELS[mode]:
+        mod, x = _worst_case_linear(mode == "static", kernel)
+        with torch.no_grad():
+            got = mod(x)
+        exact = torch.full_like(got, 255.0 * 127 * 63)
+        torch.testing.assert_close(got, exact, rtol=1e-6, atol=0, msg=f"{kernel} ran as {mod.active_kernel}")
+        assert kernel_exact(mod, mod.active_kernel)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 1, 1, 1), (2, 0, 1, 1), (1, 2, 2, 1), (1, 1, 1, 4), (1, 1, 1, 8)], ids=["3x3", "stride", "dilated",
+                                                                               "grouped", "depthwise"])
+def test_int8_conv_kernels_match_qdq_simulation(stride, padding, dilation, groups):
+    from autoglm.ir.int8 import act_qparams, dequantize_weight, fake_quant_static, quantize_weight
+
+    g = torch.Generator().manual_seed(0)
+    q, s = quantize_weight(torch.randn(8, 8 // groups, 3, 3, generator=g))
+    bias = torch.randn(8, generator=g)
+    x = torch.rand(2, 8, 9, 9, generator=g)
+    x[0, :, 2:6, 2:6] = 1.0  # saturated pixels (like digits' full-ink strokes): the int16 worst case
+    pair = [stride] * 2, [padding] * 2, [dilation] * 2
+    act = act_qparams(0.0, 1.0)
+    y = F.conv2d(fake_quant_static(x, *act), dequantize_weight(q, s), bias, *pair, groups)
+    out = act_qparams(float(y.min()), float(y.max()))
+    reference = fake_quant_static(y, *out)
+    for kernel in CONV_KERNELS:
+        mod = Int8Conv2d(q, s, bias, *pair, groups, *act, *out, kernel=kernel)
+        with torch.no_grad():
+            got = mod(x)
+        assert got.shape == reference.shape
+        # Equal up to one output step where fp32 rounding lands on the other side of a tie.
+        assert sqnr_db([reference], [got]) >= 60.0, (kernel, mod.active_kernel)
+
+
+def test_kernel_timing_race_cannot_change_results(monkeypatch):
+    """Kernel choice is by timing (noisy on a loaded machine): any outcome of the race gives
+    the q/dq graph's numbers, because only exact kernels are candidates."""
+    import itertools
+
+    import autoglm.ir.int8 as int8
+
+    model, inputs = small_transformer()
+    gm, ctx = capture_for_test(model, inputs)
+    qdq = PassManager([Quantize(progress=False, lower=False)]).run(gm, ctx)
+    with torch.no_grad():
+        want = qdq(*ctx.example_inputs)[0]
+    chosen = set()
+    for step in (1, -1):  # the first-timed candidate always wins, then the last one
+        clock = itertools.count(1000, step)
+        monkeypatch.setattr(int8, "_KERNEL_TIMES", {})
+        monkeypatch.setattr(int8, "median_seconds", lambda fn, repeats: next(clock))
+        gm, ctx = capture_for_test(model, inputs)
+        gm = PassManager([Quantize(progress=False)]).run(gm, ctx)
+        chosen |= {r["kernel"] for r in ctx.notes["quantize"]["lowered"]}
+        with torch.no_grad():
+            assert sqnr_db([want], [gm(*ctx.example_inputs)[0]]) >= 60.0, ctx.notes["quantize"]["lowered"]
+    assert "int_mm_dynamic" in chosen  # (fbgemm_dynamic too, on a CPU where it is exact)
+
+
+def test_inexact_kernel_is_not_a_candidate(monkeypatch):
+    import autoglm.ir.int8 as int8
+
+    real = int8.kernel_exact
+    monkeypatch.setattr(int8, "kernel_exact", lambda mod, kernel: not kernel.startswith("fbgemm") and real(mod, kernel))
+    monkeypatch.setattr(int8, "_KERNEL_TIMES", {})
+    model, x = _TwoLinear().eval(), torch.randn(4, 16)
+    gm, ctx = capture_for_test(model, (x,))
+    gm = PassManager([Quantize(progress=False)]).run(gm, ctx)
+    rows = ctx.notes["quantize"]["lowered"]
+    assert [r["kernel"] for r in rows] == ["int_mm_dynamic"] * 2
+    assert all("inexact" in r["rejected"]["fbgemm_dynamic"] for r in rows), rows
+    assert all(m.active_kernel == "int_mm_dynamic" for m in _modules(gm, Int8Linear))
+
+
 class _Outlier(nn.Module):
     """One input channel 100x larger than the rest: per-tensor int8 activations lose the others."""
 
@@ -108,6 +195,7 @@ def test_accuracy_budget_keeps_sensitive_layer_fp32():
     assert [r["layer"] for r in kept] == ["model.b"], notes["layers"]
     assert "accuracy budget" in kept[0]["reason"]
     assert loose < 0.99999 <= notes["metric_value_qdq"]
+    assert notes["metric_value_lowered"] >= 0.99999  # the shipped kernels meet the budget too
     assert len(_modules(gm, Int8Linear)) == 1 and len(_modules(gm, nn.Linear)) == 1
 
 

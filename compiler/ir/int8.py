@@ -18,6 +18,16 @@ Two layers:
   ``__autoglm_save__``, to safetensors without pickle) and build kernel state
   (fbgemm prepacked weights, a transposed int8 matrix for ``torch._int_mm``)
   lazily from them. The kernel is chosen by measurement (``choose_kernel``).
+
+Every kernel must compute exactly what the q/dq graph says (int8 x int8 products
+summed in int32, then scaled), so that which kernel wins a timing race never
+changes a result beyond float rounding. fbgemm's u8 x s8 kernels do that only on
+CPUs with VNNI (``vpdpbusd``): on AVX2 / AVX512 without VNNI they add pairs of
+products in int16 with saturation (``vpmaddubsw``; 2 x 255 x 127 = 64770 > 32767),
+which is why torch.ao uses 7-bit activations (``reduce_range``) for fbgemm.
+``kernel_exact`` probes that once per layer shape on this CPU (all-max inputs and
+weights, compared with exact integer math); a kernel that fails is not a
+candidate, and a saved module naming it runs its ``torch._int_mm`` twin instead.
 """
 from __future__ import annotations
 
@@ -38,7 +48,8 @@ with warnings.catch_warnings():  # the registration import itself is fine; silen
 __all__ = [
     "QDQ", "ACT_QMIN", "ACT_QMAX", "W_QMIN", "W_QMAX", "EPS",
     "quantize_weight", "dequantize_weight", "act_qparams", "fake_quant_dynamic", "fake_quant_static",
-    "Int8Linear", "Int8Conv2d", "Int8Embedding", "LINEAR_KERNELS", "choose_kernel",
+    "Int8Linear", "Int8Conv2d", "Int8Embedding", "LINEAR_KERNELS", "CONV_KERNELS", "choose_kernel",
+    "kernel_exact",
 ]
 
 qd = torch.ops.quantized_decomposed
@@ -132,11 +143,17 @@ class _Int8Base(nn.Module):
         return type(self).__autoglm_load__(config, {k: v.clone() for k, v in tensors.items()})
 
 
-# Kernels per linear mode, in the order tried; the fastest measured one wins.
+# Kernels per layer kind, in the order tried; the fastest measured exact one wins.
 LINEAR_KERNELS = {
     "dynamic": ("fbgemm_dynamic", "int_mm_dynamic"),
     "static": ("fbgemm_static", "int_mm_static"),
 }
+CONV_KERNELS = ("fbgemm_static", "int_mm_static")
+
+
+def _int_mm_twin(kernel: str) -> str:
+    """The ``torch._int_mm`` kernel computing the same numbers as an fbgemm one (exact int32 sums)."""
+    return kernel.replace("fbgemm_", "int_mm_")
 
 
 class Int8Linear(_Int8Base):
@@ -147,6 +164,8 @@ class Int8Linear(_Int8Base):
     Kernels: ``fbgemm_dynamic`` (``quantized::linear_dynamic``, prepacked),
     ``fbgemm_static`` (``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``),
     ``int_mm_*`` (``torch._int_mm`` int8 x int8 -> int32 with a zero-point fix-up).
+    An fbgemm kernel that is not exact on this CPU (``kernel_exact``) runs as its
+    ``int_mm_*`` twin; ``active_kernel`` says which one runs.
     """
 
     _TENSORS = ("weight_int8", "weight_scale", "bias")
@@ -165,6 +184,7 @@ class Int8Linear(_Int8Base):
             raise ValueError(f"kernel {self.kernel!r} is not a {self.mode} int8 linear kernel; "
                              f"use one of {LINEAR_KERNELS[self.mode]}")
         self._state: Any = None
+        self._active: str | None = None
 
     @property
     def in_features(self) -> int:
@@ -174,14 +194,22 @@ class Int8Linear(_Int8Base):
     def out_features(self) -> int:
         return int(self.weight_int8.shape[0])
 
+    @property
+    def active_kernel(self) -> str:
+        """The kernel that runs: ``kernel``, or its exact ``int_mm`` twin where fbgemm saturates here."""
+        if self._active is None:
+            exact = not self.kernel.startswith("fbgemm") or kernel_exact(self, self.kernel)
+            self._active = self.kernel if exact else _int_mm_twin(self.kernel)
+        return self._active
+
     def _config(self) -> dict[str, Any]:
         return {"act_scale": self.act_scale, "act_zero_point": self.act_zero_point, "kernel": self.kernel}
 
     def extra_repr(self) -> str:
         return f"{self.in_features}->{self.out_features}, mode={self.mode}, kernel={self.kernel}"
 
-    def _prepare(self) -> Any:
-        if self.kernel.startswith("fbgemm"):
+    def _prepare(self, kernel: str) -> Any:
+        if kernel.startswith("fbgemm"):
             return torch.ops.quantized.linear_prepack(_fbgemm_weight(self.weight_int8, self.weight_scale), self.bias)
         wt = self.weight_int8.t()  # [K, N] column-major view: no copy, and the layout _int_mm runs fastest
         col_sum = self.weight_int8.sum(dim=1, dtype=torch.int32)
@@ -190,11 +218,12 @@ class Int8Linear(_Int8Base):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:  # fbgemm wants rows; a single vector is one row (found by the fuzzer)
             return self.forward(x.unsqueeze(0)).squeeze(0)
+        kernel = self.active_kernel
         if self._state is None:
-            self._state = self._prepare()
-        if self.kernel == "fbgemm_dynamic":
+            self._state = self._prepare(kernel)
+        if kernel == "fbgemm_dynamic":
             return torch.ops.quantized.linear_dynamic(x, self._state, False)
-        if self.kernel == "fbgemm_static":
+        if kernel == "fbgemm_static":
             return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 x, self.act_scale, self.act_zero_point, self._state)
         return self._int_mm(x)
@@ -208,7 +237,7 @@ class Int8Linear(_Int8Base):
         else:
             scale, zp = self.act_scale, self.act_zero_point
         # uint8 values shifted to int8 (-128) so both operands are int8, zero point follows.
-        xq = torch.clamp(torch.round(x2 * (1.0 / scale)) + (zp - 128), -128, 127).to(torch.int8)
+        xq = _shifted_int8(x2, scale, zp)
         wt, col_sum = self._state
         acc = torch._int_mm(xq, wt) - (zp - 128) * col_sum
         y = acc.float() * (self.weight_scale * scale)
@@ -216,12 +245,31 @@ class Int8Linear(_Int8Base):
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
+    def _worst_case(self, kernel: str) -> tuple["Int8Linear", torch.Tensor, torch.Tensor]:
+        """(module with this shape and all-max weights, input quantizing to 255, exact output)."""
+        q = torch.full_like(self.weight_int8, W_QMAX)
+        static = self.act_scale is not None
+        mod = Int8Linear(q, torch.ones(self.out_features), None, 1.0 if static else None, 0 if static else None,
+                         kernel=kernel)
+        x = torch.full((8, self.in_features), float(ACT_QMAX))
+        if not static:
+            x[0, 0] = 0.0  # range [0, 255]: the dynamic qparams are scale 1, zero point 0
+        return mod, x, x.double() @ q.double().t()
+
+
+def _shifted_int8(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+    """uint8 quantization of ``x`` (exactly ``quantize_per_tensor``'s rounding), stored as value - 128 in int8."""
+    return torch.clamp(torch.round(x * (1.0 / scale)) + (zp - 128), -128, 127).to(torch.int8)
+
 
 class Int8Conv2d(_Int8Base):
-    """Static int8 conv (fbgemm ``quantized::conv2d``): uint8 in, int8 per-channel weights, uint8 out.
+    """Static int8 conv: uint8 in, int8 per-channel weights, uint8 out (returned dequantized, fp32).
 
-    The kernel produces a quantized output, so the conv carries calibrated output
-    qparams too; the module returns the dequantized fp32 result.
+    Kernels: ``fbgemm_static`` (``quantized::conv2d``, prepacked) and
+    ``int_mm_static`` (int8 im2col + ``torch._int_mm``, exact int32 sums, then the
+    output q/dq). The int8 kernel re-quantizes its output, so the conv carries
+    calibrated output qparams too. An fbgemm kernel that is not exact on this
+    CPU (``kernel_exact``) runs as ``int_mm_static``.
     """
 
     _TENSORS = ("weight_int8", "weight_scale", "bias")
@@ -238,23 +286,86 @@ class Int8Conv2d(_Int8Base):
         self.groups = int(groups)
         self.act_scale, self.act_zero_point = float(act_scale), int(act_zero_point)
         self.out_scale, self.out_zero_point = float(out_scale), int(out_zero_point)
+        if kernel not in CONV_KERNELS:
+            raise ValueError(f"kernel {kernel!r} is not an int8 conv kernel; use one of {CONV_KERNELS}")
         self.kernel = kernel
         self._state: Any = None
+        self._active: str | None = None
+
+    @property
+    def active_kernel(self) -> str:
+        if self._active is None:
+            exact = not self.kernel.startswith("fbgemm") or kernel_exact(self, self.kernel)
+            self._active = self.kernel if exact else _int_mm_twin(self.kernel)
+        return self._active
 
     def _config(self) -> dict[str, Any]:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
                 "act_scale": self.act_scale, "act_zero_point": self.act_zero_point, "out_scale": self.out_scale,
                 "out_zero_point": self.out_zero_point, "kernel": self.kernel}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._state is None:
-            self._state = torch.ops.quantized.conv2d_prepack(
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight_int8.shape)}, groups={self.groups}, kernel={self.kernel}"
+
+    def _prepare(self, kernel: str) -> Any:
+        if kernel == "fbgemm_static":
+            return torch.ops.quantized.conv2d_prepack(
                 _fbgemm_weight(self.weight_int8, self.weight_scale), self.bias, self.stride, self.padding,
                 self.dilation, self.groups)
+        c_out = self.weight_int8.shape[0]
+        g = self.groups
+        w = self.weight_int8.reshape(g, c_out // g, -1)  # [groups, out per group, in per group * kh * kw]
+        return [wg.t() for wg in w], w.sum(dim=2, dtype=torch.int32).reshape(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched (C, H, W)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        kernel = self.active_kernel
+        if self._state is None:
+            self._state = self._prepare(kernel)
+        if kernel == "int_mm_static":
+            return self._int_mm(x)
         with warnings.catch_warnings():  # fbgemm's conv only takes a (deprecated) quantized tensor
             warnings.simplefilter("ignore")
             qx = torch.quantize_per_tensor(x.contiguous(), self.act_scale, self.act_zero_point, torch.quint8)
         return torch.ops.quantized.conv2d(qx, self._state, self.out_scale, self.out_zero_point).dequantize()
+
+    def _int_mm(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        c_out, _, kh, kw = self.weight_int8.shape
+        (sh, sw), (ph, pw), (dh, dw), g = self.stride, self.padding, self.dilation, self.groups
+        zp = self.act_zero_point
+        # Padding is a real 0.0, i.e. the zero point: it then adds nothing after the fix-up below.
+        xq = F.pad(_shifted_int8(x, self.act_scale, zp), (pw, pw, ph, ph), value=zp - 128)
+        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        s = xq.stride()
+        cols = xq.as_strided((n, ho, wo, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw))
+        cols = cols.reshape(n * ho * wo, c * kh * kw)  # int8 im2col: one row per output pixel
+        weights, w_sum = self._state
+        k = (c // g) * kh * kw
+        if g == 1:
+            acc = torch._int_mm(cols, weights[0])
+        else:
+            acc = torch.cat([torch._int_mm(cols[:, i * k:(i + 1) * k].contiguous(), wt)
+                             for i, wt in enumerate(weights)], dim=1)
+        y = (acc - (zp - 128) * w_sum).float() * (self.weight_scale * self.act_scale)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(n, ho, wo, c_out).permute(0, 3, 1, 2)
+        return fake_quant_static(y, self.out_scale, self.out_zero_point).contiguous()
+
+    def _worst_case(self, kernel: str) -> tuple["Int8Conv2d", torch.Tensor, torch.Tensor]:
+        """(module with this shape/config and all-max weights, input quantizing to 255, exact output)."""
+        q = torch.full_like(self.weight_int8, W_QMAX)
+        c_in = q.shape[1] * self.groups
+        kh, kw = q.shape[2:]
+        size = [d * (k - 1) + 1 + s for d, k, s in zip(self.dilation, (kh, kw), self.stride)]
+        x = torch.full((1, c_in, *size), float(ACT_QMAX))
+        exact = F.conv2d(x.double(), q.double(), None, self.stride, self.padding, self.dilation, self.groups)
+        out_scale = max(float(exact.max()), 1.0) / ACT_QMAX  # the largest exact sum maps to 255
+        mod = Int8Conv2d(q, torch.ones(q.shape[0]), None, self.stride, self.padding, self.dilation, self.groups,
+                         1.0, 0, out_scale, 0, kernel=kernel)
+        return mod, x, exact
 
 
 class Int8Embedding(_Int8Base):
@@ -276,38 +387,79 @@ class Int8Embedding(_Int8Base):
 
 # ---------------------------------------------------------------- kernel choice by measurement
 
-_KERNEL_TIMES: dict[tuple, dict[str, float]] = {}  # (mode, input shape, weight shape) -> seconds per kernel
+_KERNEL_TIMES: dict[tuple, float] = {}  # (mode, input shape, weight shape[, conv config], kernel) -> seconds
+_EXACT: dict[tuple, bool] = {}  # (module type, kernel, weight shape, config) -> kernel_exact
+
+# A real kernel must reproduce the q/dq simulation it replaces on the layer's own
+# weights, up to float rounding (exact kernels measure 120+ dB; 60 dB is a kernel
+# error of 1/1000 of the signal amplitude, far below any layer's quantization
+# noise). fbgemm's dynamic linear returns garbage for in_features == 1 (found by
+# the fuzzer: SQNR -100 dB), so every candidate is checked, on every layer.
+MIN_KERNEL_SQNR_DB = 60.0
 
 
-# A real kernel must reproduce the q/dq simulation it replaces; they differ only by
-# rounding inside the kernel. fbgemm's dynamic linear returns garbage for
-# in_features == 1 (found by the fuzzer: SQNR -100 dB), so every candidate is checked.
-MIN_KERNEL_SQNR_DB = 30.0
+def kernel_exact(mod: nn.Module, kernel: str) -> bool:
+    """Whether ``kernel`` computes exact int32 sums for a layer of ``mod``'s shape on this CPU.
+
+    Runs the kernel once on the worst case for 16-bit accumulation (every weight
+    127, every activation 255: pairs of products reach 64770, past int16) and
+    compares with exact integer math. fbgemm fails this on CPUs without VNNI
+    (e.g. AVX2-only: its ``vpmaddubsw`` saturates pairs at 32767); ``torch._int_mm``
+    passes everywhere it runs. Cached per shape and configuration for the process.
+    """
+    config = mod._config() if isinstance(mod, Int8Conv2d) else {"static": getattr(mod, "act_scale", None) is not None}
+    config = {k: v for k, v in config.items() if k in ("stride", "padding", "dilation", "groups", "static")}
+    key = (type(mod).__name__, kernel, tuple(mod.weight_int8.shape), repr(sorted(config.items())))
+    if key not in _EXACT:
+        probe, x, exact = mod._worst_case(kernel)
+        probe._active = kernel  # run exactly this kernel, no fallback
+        # A conv's output is re-quantized: one output step of rounding is allowed.
+        atol = probe.out_scale * 1.01 if isinstance(probe, Int8Conv2d) else 1e-3
+        try:
+            with torch.no_grad():
+                y = probe(x).double()
+            _EXACT[key] = bool(y.shape == exact.shape and torch.allclose(y, exact, rtol=1e-5, atol=atol))
+        except (RuntimeError, NotImplementedError):
+            _EXACT[key] = False
+    return _EXACT[key]
 
 
 def choose_kernel(make: Callable[[str], nn.Module], candidates: Sequence[str], example: torch.Tensor,
-                  key: tuple, repeats: int = 5, reference: torch.Tensor | None = None
-                  ) -> tuple[str | None, dict[str, float]]:
-    """Time ``make(kernel)(example)`` for each candidate; return the fastest and all timings.
+                  key: tuple, repeats: int = 5, reference: torch.Tensor | None = None,
+                  rejected: dict[str, str] | None = None) -> tuple[str | None, dict[str, float]]:
+    """Time ``make(kernel)(example)`` for each qualifying candidate; return the fastest and all timings.
 
-    A kernel that raises (unsupported shape or CPU), or whose output differs from
-    ``reference`` (the q/dq simulation) by more than rounding, is skipped. Returns
-    ``(None, {})`` when no kernel qualifies: the caller keeps the q/dq form. Timings
-    are cached per ``key`` for the process, like the cost model's measurements.
+    A candidate qualifies only if it computes exactly what the q/dq graph says, so
+    the timing race (noisy on a loaded machine) can change speed but never the
+    numbers: it must pass ``kernel_exact`` (no int16 saturation on this CPU), not
+    raise (unsupported shape or CPU), and match ``reference`` (the q/dq simulation
+    of this very layer on ``example``) to ``MIN_KERNEL_SQNR_DB``. Why each other
+    candidate was left out goes into ``rejected``. Returns ``(None, {})`` when no
+    kernel qualifies: the caller keeps the q/dq form. Timings are cached per
+    ``key`` and kernel for the process, like the cost model's measurements; the
+    checks run for every layer.
     """
-    if key not in _KERNEL_TIMES:
-        times: dict[str, float] = {}
-        with torch.no_grad():
-            for kernel in candidates:
-                try:
-                    mod = make(kernel)
-                    if reference is not None and sqnr_db([reference], [mod(example)]) < MIN_KERNEL_SQNR_DB:
-                        continue
-                    times[kernel] = median_seconds(lambda: mod(example), repeats)
-                except (RuntimeError, NotImplementedError):
+    times: dict[str, float] = {}
+    rejected = {} if rejected is None else rejected
+    with torch.no_grad():
+        for kernel in candidates:
+            try:
+                mod = make(kernel)
+                if not kernel_exact(mod, kernel):
+                    rejected[kernel] = "inexact int8 sums on this CPU (int16 saturation: fbgemm without VNNI)"
                     continue
-        _KERNEL_TIMES[key] = times
-    times = _KERNEL_TIMES[key]
+                if reference is not None:
+                    agreement = sqnr_db([reference], [mod(example)])
+                    if agreement < MIN_KERNEL_SQNR_DB:
+                        rejected[kernel] = (f"differs from the q/dq simulation ({agreement:.1f} dB < "
+                                            f"{MIN_KERNEL_SQNR_DB})")
+                        continue
+                tkey = tuple(key) + (kernel,)
+                if tkey not in _KERNEL_TIMES:
+                    _KERNEL_TIMES[tkey] = median_seconds(lambda: mod(example), repeats)
+                times[kernel] = _KERNEL_TIMES[tkey]
+            except (RuntimeError, NotImplementedError) as e:
+                rejected[kernel] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     if not times:
         return None, {}
     return min(times, key=times.__getitem__), dict(times)
