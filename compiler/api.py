@@ -7,16 +7,11 @@ import time
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 from autoglm.capture import capture
 from autoglm.compiled import CompiledModel
-from autoglm.cost import CostModel
-from autoglm.ir.annotate import annotate
-from autoglm.ir.meta import annotation, has_annotation
-from autoglm.ir.pass_base import PassContext
-from autoglm.pass_manager import PassManager
+from autoglm.driver import DriverOptions, compile_graph, executor_for_loaded
 from autoglm.pipeline import resolve_passes
 
 __all__ = ["compile", "load", "split_example_inputs"]
@@ -74,44 +69,26 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     with _preserved_state(model):
         captured = capture(model, args, kwargs, frontend=frontend, branches=True)
     timings["capture_s"] = time.perf_counter() - t0
+    options = DriverOptions(pipeline, devices, verify=verify, cost=cost, calibration=calibration, measure=measure)
     if captured.frontend == "branching":  # data-dependent control flow: one graph per path
         from autoglm.program import compile_program
 
-        program = compile_program(model, captured, pipeline, devices, verify=verify, cost=cost, measure=measure,
-                                  max_plans=max_plans, on_limit=on_limit, timings=timings,
-                                  allow_fallback=frontend == "auto", backend=backend,
+        program = compile_program(model, captured, options, max_plans=max_plans, on_limit=on_limit,
+                                  timings=timings, allow_fallback=frontend == "auto", backend=backend,
                                   backend_options=backend_options)
-        if program is not None:
+        if not isinstance(program, str):
             return program
-        captured = capture(model, args, kwargs, frontend="export")  # the branching trace failed otherwise
-    gm = captured.graph_module
-    t0 = time.perf_counter()
-    cost_model = CostModel(cost)
+        # The branching trace failed for another reason: export the whole model, and keep why.
+        reasons = {**captured.reasons, "branching": program}
+        with _preserved_state(model):
+            captured = capture(model, args, kwargs, frontend="export")
+        captured.reasons = {**reasons, **captured.reasons}
     with _preserved_state(model):
-        with torch.no_grad():
-            reference = annotate(gm, captured.flat_inputs, measure=measure or cost == "measured")
-        if cost == "analytic":
-            cost_model.annotate_costs(gm)
-        else:
-            cost_model.annotate_costs(gm, captured.flat_inputs)
-        timings["annotate_s"] = time.perf_counter() - t0
-        ctx = PassContext(captured.flat_inputs, devices=devices, cost=cost_model, calibration=calibration)
-        t0 = time.perf_counter()
-        manager = PassManager(pipeline, verify=verify)
-        gm = manager.run(gm, ctx, reference=reference)
-    timings["passes_s"] = time.perf_counter() - t0
-    cost_model.annotate_costs(gm)
-    config = {
-        "passes": [p.spec() for p in pipeline],
-        "devices": devices,
-        "frontend": captured.frontend,
-        "cost": cost,
-        "verify": verify,
-        "backend": backend,
-    }
-    cm = CompiledModel(gm, captured.signature, captured.flat_inputs, config, manager.records,
-                       captured.frontend, executor=_build_executor(gm, ctx),
-                       notes={**ctx.notes, "timings": timings, "frontend_reasons": captured.reasons})
+        compiled = compile_graph(captured.graph_module, captured.flat_inputs, options, timings=timings)
+    config = options.config(frontend=captured.frontend, backend=backend)
+    cm = CompiledModel(compiled.graph_module, captured.signature, captured.flat_inputs, config, compiled.records,
+                       captured.frontend, executor=compiled.executor,
+                       notes={**compiled.notes, "timings": timings, "frontend_reasons": captured.reasons})
     if backend == "onnxruntime":
         from autoglm.onnx_export import attach_onnxruntime
 
@@ -146,17 +123,6 @@ def _preserved_state(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _build_executor(gm: torch.fx.GraphModule, ctx: PassContext) -> Any:
-    """A partitioned graph runs on the multi-device executor; anything else runs as is."""
-    if "partitioned" in ctx.properties:
-        from autoglm.runtime.local import LocalExecutor
-
-        return LocalExecutor(gm, ctx.devices)
-    from autoglm.runtime.direct import DirectExecutor
-
-    return DirectExecutor(gm)
-
-
 def load(path: str | os.PathLike, *, trust_remote_code: bool = False) -> CompiledModel:
     """Load a saved artifact directory; a saved ``Program`` comes back as a ``LoadedProgram``.
 
@@ -172,7 +138,7 @@ def load(path: str | os.PathLike, *, trust_remote_code: bool = False) -> Compile
     if is_program(path):
         return load_program(path, trust_remote_code=trust_remote_code)
     gm, sig, inputs, config = load_artifact(path, trust_remote_code=trust_remote_code)
-    executor = executor_for_loaded(gm, inputs, config)
+    executor = executor_for_loaded(gm, config)
     notes: dict[str, Any] = {}
     if "partition_plan" in config:
         from autoglm.artifacts import ArtifactError
@@ -184,12 +150,3 @@ def load(path: str | os.PathLike, *, trust_remote_code: bool = False) -> Compile
             raise ArtifactError(f"{path}: config.json has a malformed partition_plan ({exc})") from exc
     return CompiledModel(gm, sig, inputs, config, records=config.get("records", []),
                          frontend=config.get("frontend", ""), executor=executor, notes=notes)
-
-
-def executor_for_loaded(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], config: dict[str, Any]) -> Any:
-    """Pick a loaded graph's executor, as compile would. The graph is not run: its
-    annotations (shapes, costs, partitions) were read from the file."""
-    ctx = PassContext(list(inputs), devices=list(config.get("devices", ["cpu"])))
-    if any(has_annotation(n) and annotation(n).partition is not None for n in gm.graph.nodes):
-        ctx.properties.add("partitioned")
-    return _build_executor(gm, ctx)

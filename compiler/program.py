@@ -14,6 +14,7 @@ branches.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,10 +30,9 @@ from autoglm.capture.errors import CaptureError
 from autoglm.capture.flat import FlatSignature
 from autoglm.compiled import CompiledModel
 from autoglm.cost import CostModel
-from autoglm.ir.annotate import annotate
+from autoglm.driver import DriverOptions, compile_graph
 from autoglm.ir.effects import has_side_effects
-from autoglm.ir.pass_base import GraphPass, PassContext, PassError
-from autoglm.pass_manager import PassManager
+from autoglm.ir.pass_base import PassError
 from autoglm.runtime.replan import PlanCache, PlanLimitError, PlanNode, ReplanStats, check_guard
 
 __all__ = ["Program", "DynamicCompiledModel", "ProgramOptions", "compile_program"]
@@ -40,13 +40,10 @@ __all__ = ["Program", "DynamicCompiledModel", "ProgramOptions", "compile_program
 
 @dataclass
 class ProgramOptions:
-    """How each path segment is compiled and how many paths are kept."""
+    """How each path segment is compiled (the driver's options, as for a whole model) and how many
+    paths are kept."""
 
-    passes: list[GraphPass] = field(default_factory=list)
-    devices: list[str] = field(default_factory=lambda: ["cpu"])
-    verify: bool = False
-    cost: str = "analytic"
-    measure: bool = False
+    driver: DriverOptions = field(default_factory=lambda: DriverOptions([]))
     max_plans: int = 64  # compiled paths kept; 2^6 covers six independent two-way branches
     on_limit: str = "eager"  # "eager": new paths past the limit run uncompiled; "error": raise
     backend: str = "fx"  # "onnxruntime": each compiled segment runs as its own ONNX session
@@ -81,7 +78,7 @@ class Program(CompiledModel):
         self.notes = dict(notes or {})
         self.options = options
         self._n_inputs = len(self.example_inputs)
-        self._cost = CostModel(options.cost)
+        self._cost = CostModel(options.driver.cost)  # one per program: segments share measured timings
         self.cache = PlanCache(self._build, max_plans=options.max_plans, on_limit=options.on_limit)
         self.executor = self._run_flat
 
@@ -183,35 +180,59 @@ class Program(CompiledModel):
         example = [*flat, *[env[name] for name in seg.imports]]
         gm, run, records = seg.graph_module, seg.graph_module.forward, []
         if compile:
-            gm, run, records = self._compile(seg.graph_module, example)
+            gm, run, records = self._compile(seg.graph_module, example, (parent, outcome, seg.imports))
         bp = None
         if seg.branch is not None:
             bp = self.cache.branch_stats(seg.branch.source, seg.branch.predicate, seg.branch.kind)
         plan = _SegmentPlan(seg, gm, records, compile, _clone_inputs(example) if compile else [])
         return PlanNode(run, seg.imports, seg.exports, seg.n_effects, bp, plan)
 
-    def _compile(self, gm: fx.GraphModule, example: Sequence[Any]) -> tuple[fx.GraphModule, Any, list[Any]]:
-        """The pipeline ``autoglm.compile`` runs on a whole graph, on one segment."""
-        from autoglm.api import _build_executor  # api imports this module
-
-        opts = self.options
+    def _compile(self, gm: fx.GraphModule, example: Sequence[Any], where: tuple[PlanNode | None, Any, Sequence[str]]
+                 ) -> tuple[fx.GraphModule, Any, list[Any]]:
+        """The driver ``autoglm.compile`` runs on a whole graph, on one segment. ``where``: the
+        segment's parent, the outcome that leads to it and the values it imports."""
         inputs = _clone_inputs(example)  # a segment may update its inputs in place
-        with preserved_buffers(self.model), torch.no_grad():
-            annotate(gm, inputs, measure=opts.measure or opts.cost == "measured")
-            if opts.cost == "analytic":
-                self._cost.annotate_costs(gm)
-            else:
-                self._cost.annotate_costs(gm, inputs)
-            ctx = PassContext(inputs, devices=list(opts.devices), cost=self._cost)
-            manager = PassManager(opts.passes, verify=opts.verify)
-            gm = manager.run(gm, ctx)
-            self._cost.annotate_costs(gm)
-        executor = _build_executor(gm, ctx)
+        options = dataclasses.replace(self.options.driver, calibration=self._segment_calibration(*where))
+        with preserved_buffers(self.model):
+            compiled = compile_graph(gm, inputs, options, cost_model=self._cost)
+        gm = compiled.graph_module
         # Calling forward directly skips nn.Module hook dispatch: a few µs per segment.
-        run = gm.forward if executor is gm else executor
-        if opts.backend == "onnxruntime":
+        run = gm.forward if compiled.executor is gm else compiled.executor
+        if self.options.backend == "onnxruntime":
             run = self._on_onnxruntime(gm, inputs, run)
-        return gm, run, list(manager.records)
+        return gm, run, compiled.records
+
+    def _segment_calibration(self, parent: PlanNode | None, outcome: Any, imports: Sequence[str]
+                             ) -> list[tuple] | None:
+        """The model's calibration samples as this segment's inputs: each sample runs through the
+        compiled segments before it and counts only if it takes the same branches to get here."""
+        samples = self.options.driver.calibration
+        if samples is None:
+            return None
+        chain: list[tuple[PlanNode, Any]] = []
+        node, taken = parent, outcome
+        while node is not None:
+            chain.append((node, taken))
+            node, taken = node.parent, node.outcome
+        chain.reverse()
+        out = []
+        with preserved_buffers(self.model), torch.no_grad():
+            for sample in samples:
+                flat = ([sample] if isinstance(sample, torch.Tensor) else list(sample))[: self._n_inputs]
+                env: dict[str, Any] = {}
+                reached = True
+                for seg_node, went in chain:
+                    result = seg_node.run(*flat, *[env[name] for name in seg_node.imports])
+                    env.update(zip(seg_node.exports, result[1:]))
+                    if seg_node.decide(result[0]) != went:
+                        reached = False
+                        break
+                if reached:
+                    out.append(tuple([*flat, *[env[name] for name in imports]]))
+        # Samples that took other branches do not reach this segment; with none left it is calibrated
+        # on the call that first took it, and the note says how many samples each segment saw.
+        self.notes.setdefault("segment_calibration_samples", []).append(len(out))
+        return out or None
 
     def _on_onnxruntime(self, gm: fx.GraphModule, inputs: Sequence[Any], fx_run: Any) -> Any:
         """The segment as an onnxruntime session; kept on fx (and counted by reason) when it cannot be one."""
@@ -328,26 +349,23 @@ def _lookup(root: nn.Module, name: str) -> Any:
     return obj
 
 
-def compile_program(model: nn.Module, captured: Any, passes: list[GraphPass], devices: Sequence[str], *,
-                    verify: bool = False, cost: str = "analytic", measure: bool = False, max_plans: int = 64,
+def compile_program(model: nn.Module, captured: Any, driver: DriverOptions, *, max_plans: int = 64,
                     on_limit: str = "eager", timings: dict[str, float] | None = None,
                     allow_fallback: bool = False, backend: str = "fx",
-                    backend_options: dict[str, Any] | None = None) -> Program | None:
+                    backend_options: dict[str, Any] | None = None) -> Program | str:
     """Build the ``Program`` for a model the symbolic frontend refused on a data-dependent branch.
 
     The example inputs' path is compiled here, so capture problems surface in
     ``autoglm.compile`` rather than at the first call. If that trace fails for a
-    reason other than a branch, returns None when ``allow_fallback`` (the caller
-    tries the export frontend) and raises ``CaptureError`` otherwise.
+    reason other than a branch, returns the reason when ``allow_fallback`` (the
+    caller tries the export frontend and reports it) and raises ``CaptureError`` otherwise.
     """
     if on_limit not in ("eager", "error"):
         raise ValueError(f"on_limit must be 'eager' or 'error', got {on_limit!r}")
     if not isinstance(max_plans, int) or isinstance(max_plans, bool) or max_plans < 1:
         raise ValueError(f"max_plans must be a positive int, got {max_plans!r}")
-    options = ProgramOptions(list(passes), list(devices), verify, cost, measure, max_plans, on_limit, backend,
-                             dict(backend_options or {}))
-    config = {"passes": [p.spec() for p in passes], "devices": list(devices), "frontend": "branching",
-              "cost": cost, "verify": verify, "backend": backend, "max_plans": max_plans, "on_limit": on_limit}
+    options = ProgramOptions(driver, max_plans, on_limit, backend, dict(backend_options or {}))
+    config = driver.config(frontend="branching", backend=backend, max_plans=max_plans, on_limit=on_limit)
     timings = dict(timings or {})
     program = Program(model, captured.signature, captured.flat_inputs, config, options,
                       notes={"timings": timings, "frontend_reasons": dict(captured.reasons)})
@@ -359,7 +377,7 @@ def compile_program(model: nn.Module, captured: Any, passes: list[GraphPass], de
             raise
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         if allow_fallback:
-            return None
+            return reason
         raise CaptureError(f"could not capture {type(model).__name__} path by path",
                            {**captured.reasons, "branching": reason}, getattr(exc, "source", "")) from exc
     timings["first_path_s"] = time.perf_counter() - t0

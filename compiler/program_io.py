@@ -31,6 +31,7 @@ from autoglm.artifacts import ARTIFACT_VERSION, ArtifactError, load_artifact, re
     save_artifact
 from autoglm.capture.branching import BranchInfo, Segment
 from autoglm.capture.flat import FlatSignature
+from autoglm.driver import DriverOptions, executor_for_loaded
 from autoglm.program import Program, ProgramOptions, _SegmentPlan
 from autoglm.runtime.replan import PlanNode
 
@@ -110,7 +111,6 @@ class LoadedProgram(Program):
 
 
 def load_program(path: str | os.PathLike, *, trust_remote_code: bool = False) -> LoadedProgram:
-    from autoglm.api import executor_for_loaded
 
     root = Path(path)
     try:
@@ -124,7 +124,7 @@ def load_program(path: str | os.PathLike, *, trust_remote_code: bool = False) ->
             from exc
     if version != (ARTIFACT_VERSION, "program"):
         raise ArtifactError(f"{root}: program format {version} not supported (expected {(ARTIFACT_VERSION, 'program')})")
-    options = ProgramOptions(passes=[], devices=list(config.get("devices", ["cpu"])),
+    options = ProgramOptions(DriverOptions([], list(config.get("devices", ["cpu"]))),
                              max_plans=int(config.get("max_plans", 64)), on_limit="eager")
     nodes: list[PlanNode] = []
     first_inputs: list[torch.Tensor] = []
@@ -141,7 +141,7 @@ def load_program(path: str | os.PathLike, *, trust_remote_code: bool = False) ->
                           signature=sig if entry["has_signature"] else None, n_effects=int(entry["n_effects"]))
         except (TypeError, KeyError, IndexError) as exc:
             raise ArtifactError(f"{root / PROGRAM_FILE}: segment {i} is malformed: {exc}") from exc
-        run = executor_for_loaded(gm, example, seg_config)
+        run = executor_for_loaded(gm, seg_config)
         bp = program.cache.branch_stats(branch.source, branch.predicate, branch.kind) if branch else None
         node = PlanNode(run, seg.imports, seg.exports, seg.n_effects, bp,
                         _SegmentPlan(seg, gm, seg_config.get("records", []), True, example))

@@ -41,3 +41,63 @@ def test_every_subgraph_goes_through_the_pipeline():
     x = torch.randn(4)
     torch.testing.assert_close(compiled(x), model(x))
     assert len(seen) == 2
+
+
+def test_backend_runs_a_partitioned_subgraph_on_its_devices():
+    """The plan is executed: a partition(k=2) subgraph runs on the multi-device executor."""
+    import torch._dynamo
+    from autoglm.runtime.local import LocalExecutor
+
+    torch._dynamo.reset()
+    executors = []
+    real = LocalExecutor.__call__
+
+    def spy(self, *args):  # noqa: ANN001
+        executors.append(self)
+        return real(self, *args)
+
+    model, inputs = small_transformer()
+    LocalExecutor.__call__ = spy
+    try:
+        compiled = torch.compile(model, backend="autoglm", options={"passes": "partition(k=2)",
+                                                                    "devices": ["cpu", "cpu"]})
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(*inputs), model(*inputs))
+    finally:
+        LocalExecutor.__call__ = real
+    assert executors and len(executors[0].devices) == 2
+
+
+def test_backend_options_are_checked():
+    import pytest
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = torch.compile(nn.Linear(4, 4), backend="autoglm", options={"pases": "dce"})
+    with pytest.raises(Exception, match="unknown option"):
+        compiled(torch.randn(2, 4))
+
+
+def test_backend_annotates_on_the_real_example_values():
+    """Ops that need valid values (a Cholesky of an SPD matrix) annotate on Dynamo's real inputs."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+
+    class Chol(nn.Module):
+        def forward(self, a):
+            return torch.linalg.cholesky(a @ a.mT + 4 * torch.eye(a.shape[-1]))
+
+    seen = []
+
+    class Spy(GraphPass):
+        name = "spy"
+
+        def run(self, gm, ctx):
+            seen.append(ctx.example_inputs[0])
+            return PassResult(gm, False)
+
+    a = torch.randn(3, 3)
+    compiled = torch.compile(Chol(), backend=make_backend([Spy()]))
+    torch.testing.assert_close(compiled(a), Chol()(a))
+    assert seen and torch.equal(seen[0], a)

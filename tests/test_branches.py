@@ -361,3 +361,22 @@ def test_partitioned_paths_each_get_their_own_plan():
     assert cm.stats.paths >= 2
     for leaf in cm.cache.leaves():  # each path's last segment got its own partition plan
         assert "partition" in [r.name for r in leaf.payload.records]
+
+
+def test_calibration_reaches_every_segment_of_a_branching_model():
+    """Static int8 of a branching model is calibrated on the user's data, segment by segment."""
+    from examples.branching import TopKExperts
+
+    torch.manual_seed(0)
+    model = TopKExperts(16, k=4, top=2).eval()
+    x = torch.randn(8, 16)
+    calibration = [(torch.randn(8, 16),) for _ in range(6)] + [(x,)]
+    cm = autoglm.compile(model, (x,), passes="quantize(mode=static, progress=False)", calibration=calibration)
+    seen = [r.notes.get("calibration_batches") for r in cm.records if r.name == "quantize"]
+    counts = cm.notes["segment_calibration_samples"]
+    assert seen and len(counts) == len(seen)
+    assert counts[0] == len(calibration)  # the root segment sees every sample
+    assert all(c >= 1 for c in counts)  # x itself takes the compiled path, so every segment sees it
+    # segments with a Linear to quantize were calibrated on exactly the samples that reached them
+    assert [c for s, c in zip(seen, counts) if s is not None] == [s for s in seen if s is not None]
+    assert sum(s is not None for s in seen) >= 2
