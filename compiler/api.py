@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -85,6 +86,9 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
         captured.reasons = {**reasons, **captured.reasons}
     with _preserved_state(model):
         compiled = compile_graph(captured.graph_module, captured.flat_inputs, options, timings=timings)
+    for prop, why in compiled.notes.get("invalidated", {}).items():
+        warnings.warn(f"the {prop!r} result of an earlier pass was dropped: {why}; reorder the passes "
+                      "(e.g. partition last) to keep it", UserWarning, stacklevel=2)
     config = options.config(frontend=captured.frontend, backend=backend)
     cm = CompiledModel(compiled.graph_module, captured.signature, captured.flat_inputs, config, compiled.records,
                        captured.frontend, executor=compiled.executor,

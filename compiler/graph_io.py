@@ -170,6 +170,8 @@ def _ann_from_json(node: fx.Node, data: Any) -> None:
     tags = data.get("tags") or {}
     ann.tags = {str(k): v for k, v in tags.items()} if isinstance(tags, dict) else {}
     dtypes = _NAMED_VALUES["__dtype__"]
+    if "outputs" in data:  # artifacts written before shapes were saved leave it None
+        ann.produces_tensors = bool(data["outputs"])
     for shape, dtype in data.get("outputs") or []:
         if dtype not in dtypes or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise UnsafeArtifactError(f"node {node.name}: malformed output spec {str([shape, dtype])[:80]}")

@@ -23,6 +23,7 @@ from autoglm.ir.fingerprint import graph_fingerprint
 from autoglm.ir.meta import annotation
 from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.pass_base import GraphPass, NodeError, PassContext, PassError, PassResult
+from autoglm.ir.properties import PROPERTY_CHECKS, check_property
 from autoglm.ir.verify import VerificationError, output_signature, verify_graph
 
 __all__ = ["PassRecord", "PassManager", "sqnr_db"]
@@ -67,10 +68,15 @@ class PassManager:
         for p in passes:
             if not isinstance(p, GraphPass):
                 raise TypeError(f"not a pass: {p!r} (expected an autoglm GraphPass)")
+            unchecked = [e for e in (*p.ensures, *p.preserves) if e not in PROPERTY_CHECKS]
+            if unchecked:
+                raise TypeError(f"pass {p.name!r} claims properties {unchecked} that have no check "
+                                "(autoglm.ir.properties.PROPERTY_CHECKS)")
         self.passes = list(passes)
         self.verify = verify
         self.max_steps = max_steps  # >1 re-runs the list until no pass modifies (fixed point)
         self.records: list[PassRecord] = []
+        self._owner: dict[str, str] = {}  # property -> the pass that established it
 
     def run(self, gm: fx.GraphModule, ctx: PassContext, reference: Sequence[torch.Tensor] | None = None
             ) -> fx.GraphModule:
@@ -128,7 +134,7 @@ class PassManager:
                             result.modified, created, removed, notes=dict(ctx.notes.get(p.name, {})))
         if not result.modified:  # nothing to re-annotate or re-verify
             self.records.append(record)
-            ctx.properties.update(p.ensures)
+            self._establish(p, new_gm, ctx, previous)
             return new_gm, reference, False
         new_gm.recompile()
         try:
@@ -143,8 +149,34 @@ class PassManager:
         if self.verify:
             self._compare(p, reference, outputs, record, previous)
         self.records.append(record)
-        ctx.properties.update(p.ensures)
+        self._invalidate(p, new_gm, ctx, record)
+        self._establish(p, new_gm, ctx, previous)
         return new_gm, outputs, result.modified
+
+    def _establish(self, p: GraphPass, gm: fx.GraphModule, ctx: PassContext, previous: list[str]) -> None:
+        """``ensures`` is a claim the graph must back: each property is checked, then granted."""
+        for prop in p.ensures:
+            reason = check_property(prop, gm, ctx)
+            if reason is not None:
+                raise PassError(p.name, f"claims it ensures {prop!r}, but {reason}", None, previous)
+            ctx.properties.add(prop)
+            self._owner[prop] = p.name
+
+    def _invalidate(self, p: GraphPass, gm: fx.GraphModule, ctx: PassContext, record: PassRecord) -> None:
+        """A modifying pass may have broken what earlier passes established: re-check, drop what fails."""
+        for prop in sorted(ctx.properties - set(p.preserves) - set(p.ensures)):
+            if prop not in PROPERTY_CHECKS:
+                continue  # given by the caller ("annotated" before any pass), not by a pass
+            reason = check_property(prop, gm, ctx)
+            if reason is None:
+                continue
+            ctx.properties.discard(prop)
+            owner = self._owner.pop(prop, None)
+            if owner is not None:
+                ctx.notes.pop(owner, None)  # its plan describes a graph that no longer exists
+            dropped = ctx.notes.setdefault("invalidated", {})
+            dropped[prop] = f"{p.name} changed the graph after {owner or 'it was established'}: {reason}"
+            record.notes.setdefault("invalidated", []).append(prop)
 
     def _compare(self, p: GraphPass, reference: tuple, outputs: tuple, record: PassRecord,
                  previous: list[str]) -> None:

@@ -39,7 +39,8 @@ from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.partition_baselines import even_partition, fill_empty_parts, has_loop, metis_partition
 from autoglm.passes.partition_split import balance_splits, split_for_balance
 from autoglm.passes.partition_refine import (UnitGraph, balanced_stage_cost, build_unit_graph, cut_bytes, cut_sequence,
-                                             effective_costs, forwarded_bytes, louvain_order, part_costs, refine_moves)
+                                             effective_costs, forwarded_bytes, is_monotone, louvain_order, part_costs,
+                                             refine_moves)
 
 __all__ = ["Partition", "PartitionOptions", "PartitionPlan", "PartitionInfo", "PartitionError"]
 
@@ -188,6 +189,26 @@ def _plan(gm: fx.GraphModule, ug: UnitGraph, part: list[int], o: PartitionOption
                          max(costs) / mean if mean > 0 else 1.0, not has_loop(ug, part, k), time_s=wall, **extra)
 
 
+def _kept_partition(ug: UnitGraph, o: PartitionOptions) -> list[int] | None:
+    """The units' current partitions, if they already form a valid plan for these options.
+
+    Re-partitioning a graph a balance split changed finds a different (not better) cut and
+    splits again; keeping a plan that is complete, loop-free, contiguous when asked and
+    within ``balance`` makes a second run a no-op.
+    """
+    part = []
+    for nodes in ug.units:
+        labels = {annotation(n).partition for n in nodes}
+        if len(labels) != 1 or not isinstance(next(iter(labels)), int) or not 0 <= next(iter(labels)) < o.k:
+            return None
+        part.append(labels.pop())
+    costs = part_costs(ug, part, o.k)
+    mean = sum(costs) / o.k
+    if len(set(part)) != o.k or has_loop(ug, part, o.k) or (o.contiguous and not is_monotone(ug, part)):
+        return None
+    return part if mean > 0 and max(costs) / mean <= o.balance else None
+
+
 def _reannotate(gm: fx.GraphModule, ctx: PassContext) -> Any:
     """Shapes, bytes and costs for the nodes a balance split made (the units are built from them); the outputs."""
     with torch.no_grad():
@@ -225,13 +246,17 @@ class Partition(GraphPass):
                                  f"use k <= {ug.n}")
         splits: list[dict] = []
         split_refused: str | None = None
-        if o.split and o.method == "louvain":
+        kept = _kept_partition(ug, o)
+        if kept is not None:  # a second run: the partition already there meets every requirement
+            part, extra = kept, {}
+        elif o.split and o.method == "louvain":
             wanted = balance_splits(gm, ug, o.k, o.balance, node_cost, _fill(o))
             splits, split_refused = split_for_balance(gm, wanted, node_cost, ctx.example_inputs,
                                                       lambda g: _reannotate(g, ctx))
             if splits:
                 ug = build_unit_graph(gm, node_cost)
-        part, extra = _partition_units(ug, o)
+        if kept is None:
+            part, extra = _partition_units(ug, o)
         extra["splits"] = splits
         extra["split_refused"] = split_refused
         node_part = {n: part[u] for u, nodes in enumerate(ug.units) for n in nodes}

@@ -217,7 +217,6 @@ class QuantizeLower(GraphPass):
     Options = NoOptions
     exact = False  # kernels re-derive activation qparams; results match q/dq to rounding
     requires = ("int8",)
-    ensures = ("int8_lowered",)
     summary = "replace q/dq patterns by the fastest measured exact int8 kernel"
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:

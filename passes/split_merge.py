@@ -96,7 +96,6 @@ class SplitMerge(GraphPass):
     Options = SplitMergeOptions
     exact = True
     requires = ("annotated",)
-    ensures = ("split_merged",)
     summary = "split nodes above `high` of the per-device budget into exact shards; fuse runs below `low`"
 
     def _cost_model(self, ctx: PassContext) -> CostModel:

@@ -64,3 +64,51 @@ def test_modified_false_with_a_changed_graph_is_an_error() -> None:
     gm, ctx = capture_for_test(Counter().eval(), (torch.randn(4, 16),), frontend="export")
     with pytest.raises(PassError, match="modified=False but changed the graph"):
         PassManager([LyingPass()]).run(gm, ctx)
+
+
+def test_a_plan_invalidated_by_a_later_pass_is_dropped_and_said() -> None:
+    """partition then split_merge: the plan no longer describes the graph, so it is not kept."""
+    from examples.models import small_transformer
+
+    model, inputs = small_transformer()
+    with pytest.warns(UserWarning, match="partitioned"):
+        cm = autoglm.compile(model, inputs, passes="partition(k=2),split_merge(high=0.05, low=0.01)", devices=["cpu", "cpu"])
+    assert "partitioned" in cm.notes["invalidated"]
+    assert cm.plan is None and "partition" not in cm.notes
+    torch.testing.assert_close(cm(*inputs), model(*inputs))
+
+
+class ClaimsPartitioned(GraphPass):
+    name = "claims"
+    ensures = ("partitioned",)
+
+    def run(self, gm, ctx):  # noqa: ANN001
+        return PassResult(gm, False)
+
+
+def test_ensures_is_checked_on_the_graph() -> None:
+    gm, ctx = capture_for_test(Counter().eval(), (torch.randn(4, 16),), frontend="export")
+    with pytest.raises(PassError, match="claims it ensures 'partitioned'"):
+        PassManager([ClaimsPartitioned()]).run(gm, ctx)
+
+
+def test_ensures_without_a_check_is_refused() -> None:
+    class Unchecked(GraphPass):
+        name = "unchecked"
+        ensures = ("fast",)
+
+    with pytest.raises(TypeError, match="no check"):
+        PassManager([Unchecked()])
+
+
+def test_the_shape_check_fires_on_a_node_never_annotated() -> None:
+    from autoglm.ir.meta import annotation
+    from autoglm.ir.verify import VerificationError, verify_graph
+
+    gm, _ = capture_for_test(Counter().eval(), (torch.randn(4, 16),), frontend="export")
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(out):
+        extra = gm.graph.call_function(torch.ops.aten.sigmoid.default, (out.args[0][0],))
+    annotation(extra).created_by = "some_pass"  # what the manager records for every new node
+    with pytest.raises(VerificationError, match="never annotated"):
+        verify_graph(gm)

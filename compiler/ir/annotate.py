@@ -66,6 +66,7 @@ class AnnotatingInterpreter(fx.Interpreter):
             result = super().run_node(n)
             ann = annotation(n)
             ann.outputs = [TensorSpec(tuple(t.shape), t.dtype) for t in _tensors(result)] if n.op == "placeholder" else []
+            ann.produces_tensors = bool(ann.outputs)
             return result
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         before = self.counter.get_total_flops()
@@ -76,6 +77,7 @@ class AnnotatingInterpreter(fx.Interpreter):
         flops = self.counter.get_total_flops() - before
         ann = annotation(n)
         ann.outputs = [TensorSpec(tuple(t.shape), t.dtype) for t in _tensors(result)]
+        ann.produces_tensors = bool(ann.outputs)
         ann.flops = int(flops)
         if n.op == "get_attr":
             ann.bytes_read = ann.bytes_written = 0

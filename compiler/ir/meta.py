@@ -62,6 +62,8 @@ class NodeAnnotation:
     latency_s: float | None = None  # measured, median of repeats, when asked for
     cost_s: float | None = None  # the cost model's estimate (analytic or measured)
     partition: int | None = None
+    # Set by the annotator: None means this node was never run through it (a check can then fire).
+    produces_tensors: bool | None = None
     created_by: str = "capture"  # provenance: the pass that created the node
     # Free-form facts a pass wants the report to show ("split": {...}, "int8": {...}).
     tags: dict[str, Any] = field(default_factory=dict)

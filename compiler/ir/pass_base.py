@@ -56,7 +56,10 @@ class GraphPass:
     Options: ClassVar[type] = NoOptions
     exact: ClassVar[bool] = True  # outputs unchanged within fp32 tolerance
     requires: ClassVar[tuple[str, ...]] = ()
+    # Properties (autoglm.ir.properties) the pass establishes, checked on its output graph, and
+    # those it keeps valid; any other property held before a modifying pass is re-checked after it.
     ensures: ClassVar[tuple[str, ...]] = ()
+    preserves: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
 
     def __init__(self, options: Any = None, **kwargs: Any):

@@ -40,8 +40,11 @@ def verify_graph(gm: fx.GraphModule, expected_outputs: Sequence[TensorSpec] | No
     except Exception as exc:  # lint raises RuntimeError with a message naming the node
         raise VerificationError(f"graph.lint(): {exc}") from exc
     for node in iter_compute_nodes(gm.graph):
-        if not has_annotation(node) and not output_specs(node):
-            raise VerificationError("node has no shape metadata", node)
+        ann = node.meta.get("autoglm")
+        if ann is None or ann.produces_tensors is None:
+            raise VerificationError("node was never annotated (no shape metadata)", node)
+        if ann.produces_tensors and not ann.outputs:
+            raise VerificationError("node produces tensors but has no shape metadata", node)
     if expected_outputs is not None:
         got = output_signature(gm)
         if [(s.shape, s.dtype) for s in got] != [(s.shape, s.dtype) for s in expected_outputs]:
