@@ -9,7 +9,6 @@ returns one ``Layer`` per node, plus the reason for every node it skips.
 """
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autoglm.ir.exclude import excluded_by
 from autoglm.ir.int8 import dequantize_weight, fake_quant_dynamic, fake_quant_static, quantize_weight
 from autoglm.ir.ops import OpKind, conv_view, get_attr_value, linear_view, node_module, op_kind
 
@@ -71,13 +71,6 @@ def _name(node: fx.Node, weight_node: fx.Node | None) -> str:
     return node.name
 
 
-def _excluded(layer_name: str, node: fx.Node, patterns: Sequence[str]) -> str | None:
-    for p in patterns:
-        if fnmatch.fnmatchcase(layer_name, p) or fnmatch.fnmatchcase(node.name, p) or p in layer_name.split("."):
-            return p
-    return None
-
-
 def _embedding(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor, fx.Node | None] | None:
     """(ids node, weight, weight get_attr node) for a plain lookup-table embedding."""
     if node.op == "call_module":
@@ -129,7 +122,7 @@ def find_layers(gm: fx.GraphModule, mode: str, per_channel: bool, exclude: Seque
                 continue
         else:
             continue
-        pattern = _excluded(layer.name, node, exclude)
+        pattern = excluded_by(layer.name, node.name, exclude)
         if pattern is not None:
             skipped[layer.name] = f"excluded by pattern {pattern!r}"
             continue

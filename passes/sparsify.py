@@ -24,13 +24,13 @@ under ``sparsified.``; the user's model is never modified. Lossy: ``exact=False`
 """
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
 
+from autoglm.ir.exclude import excluded_by
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.ir.ops import conv_view, linear_view
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
@@ -154,11 +154,6 @@ def _record_inputs(gm: fx.GraphModule, inputs: Sequence[Any], wanted: set[fx.Nod
     return seen
 
 
-def _excluded(name: str, patterns: Sequence[str]) -> bool:
-    short = name[len("model."):] if name.startswith("model.") else name
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(short, p) for p in patterns)
-
-
 class Sparsify(GraphPass):
     name = "sparsify"
     Options = SparsifyOptions
@@ -196,8 +191,9 @@ class Sparsify(GraphPass):
                 continue
             weight_node = getattr(view, "weight_node", None) or _conv_weight_node(node)
             name = layer_name(node, view.module, weight_node)
-            if _excluded(name, opts.exclude):
-                skipped.append({"layer": name, "reason": "excluded by option"})
+            pattern = excluded_by(name, node.name, opts.exclude)
+            if pattern is not None:
+                skipped.append({"layer": name, "reason": f"excluded by pattern {pattern!r}"})
                 continue
             layers.append((node, view, name))
         return layers, skipped

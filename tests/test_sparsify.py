@@ -137,7 +137,7 @@ def test_global_scope_reaches_overall_target_and_varies_per_layer():
 def test_exclude_by_glob():
     gm, ctx = _run(MLP(), torch.randn(8, 64), "symbolic", pattern="2:4", exclude=["fc3"], formats=["dense"])
     assert [r["layer"] for r in ctx.notes["sparsify"]["layers"]] == ["model.fc1", "model.fc2"]
-    assert ctx.notes["sparsify"]["skipped"] == [{"layer": "model.fc3", "reason": "excluded by option"}]
+    assert ctx.notes["sparsify"]["skipped"] == [{"layer": "model.fc3", "reason": "excluded by pattern 'fc3'"}]
 
 
 @pytest.mark.parametrize("frontend", ["symbolic", "export"])
