@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.fx as fx
@@ -54,7 +54,7 @@ class PartitionError(ValueError):
 @dataclass
 class PartitionOptions:
     k: int = 2
-    method: str = "louvain"  # louvain | metis | even
+    method: Literal["louvain", "metis", "even"] = "louvain"
     resolution: float = 1.0  # Louvain resolution: higher -> more, smaller communities
     contiguous: bool = False  # pipeline chain: count forwarded bytes, move only between neighbours
     seed: int = 0
@@ -69,6 +69,18 @@ class PartitionOptions:
     # fill it waits for every step (its predecessors' first microbatch, see
     # partition_refine.py); 0 balances the stages' own costs.
     microbatches: int = 0
+
+    def __post_init__(self) -> None:
+        # Checked when the pipeline is built: partition(method=spectral) used to run the model twice first.
+        if self.method not in _METHODS:
+            raise PartitionError(f"partition: method must be one of {', '.join(_METHODS)}, got {self.method!r}")
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise PartitionError(f"partition: k must be a positive integer, got {self.k!r}")
+        if not isinstance(self.microbatches, int) or self.microbatches < 0:
+            raise PartitionError(f"partition: microbatches must be a non-negative integer, got {self.microbatches!r}")
+        if self.balance < 1.0:
+            raise PartitionError(f"partition: balance is max/mean partition cost and must be >= 1.0, "
+                                 f"got {self.balance}")
 
 
 @dataclass
@@ -228,14 +240,6 @@ class Partition(GraphPass):
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         o: PartitionOptions = self.options
-        if o.method not in _METHODS:
-            raise PartitionError(f"partition: method must be one of {', '.join(_METHODS)}, got {o.method!r}")
-        if not isinstance(o.k, int) or o.k < 1:
-            raise PartitionError(f"partition: k must be a positive integer, got {o.k!r}")
-        if not isinstance(o.microbatches, int) or o.microbatches < 0:
-            raise PartitionError(f"partition: microbatches must be a non-negative integer, got {o.microbatches!r}")
-        if o.balance < 1.0:
-            raise PartitionError(f"partition: balance is max/mean partition cost and must be >= 1.0, got {o.balance}")
         t0 = time.perf_counter()
         node_cost = ctx.cost.node_cost if ctx.cost is not None else (lambda n: annotation(n).cost_s or 0.0)
         ug = build_unit_graph(gm, node_cost)

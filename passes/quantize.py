@@ -25,7 +25,7 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.fx as fx
@@ -46,9 +46,9 @@ aten = torch.ops.aten
 
 @dataclass
 class QuantizeOptions:
-    mode: str = "dynamic"  # "dynamic": activations quantized per call; "static": calibrated ranges
-    granularity: str = "per_channel"  # weight scales: "per_channel" or "per_tensor"
-    observer: str = "minmax"  # static activation ranges: "minmax" | "percentile" | "mse"
+    mode: Literal["dynamic", "static"] = "dynamic"  # dynamic: activations quantized per call; static: calibrated
+    granularity: Literal["per_channel", "per_tensor"] = "per_channel"  # weight scales
+    observer: Literal["minmax", "percentile", "mse"] = "minmax"  # static activation ranges
     # Accuracy budget on calibration data: with metric="cosine" the smallest allowed cosine
     # between int8 and fp32 outputs (per sample, e.g. 0.99); with "sqnr" the smallest SQNR in dB;
     # with a callable metric(fp32_outputs, int8_outputs) -> float (higher is better) its threshold.
@@ -62,6 +62,9 @@ class QuantizeOptions:
     embeddings: bool = True  # weight-only int8 embedding tables
     lower: bool = True  # replace q/dq patterns by the fastest measured exact int8 kernel
     progress: bool = True  # tqdm bars while calibrating
+
+    def __post_init__(self) -> None:
+        _check(self)  # a bad option fails when the pipeline is built, before any capture or run
 
 
 def _check(o: QuantizeOptions) -> None:
@@ -102,7 +105,6 @@ class Quantize(GraphPass):
 
     def __init__(self, options: Any = None, **kwargs: Any):
         super().__init__(options, **kwargs)
-        _check(self.options)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         o = self.options

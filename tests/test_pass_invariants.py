@@ -112,3 +112,16 @@ def test_the_shape_check_fires_on_a_node_never_annotated() -> None:
     annotation(extra).created_by = "some_pass"  # what the manager records for every new node
     with pytest.raises(VerificationError, match="never annotated"):
         verify_graph(gm)
+
+
+@pytest.mark.parametrize("spec", ["partition(method=spectral)", "partition(k=0)", "quantize(mode=fast)",
+                                  "quantize(observer=max)"])
+def test_bad_options_fail_before_the_model_runs(spec: str) -> None:
+    from autoglm.spec import SpecError
+
+    class Exploding(nn.Module):
+        def forward(self, x):
+            raise AssertionError("the model ran before the options were checked")
+
+    with pytest.raises(SpecError):
+        autoglm.compile(Exploding(), (torch.randn(2),), passes=spec, devices=["cpu", "cpu"])
