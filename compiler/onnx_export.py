@@ -13,7 +13,8 @@
    only when our graph really computes at the new size (graphs captured by
    ``torch.export`` bake their shapes in and stay static);
 3. **export** with the dynamo exporter (``torch.onnx.export(dynamo=True)``;
-   why not TorchScript: docs/onnx.md);
+   why not TorchScript: docs/onnx.md); int8 weights are then stored as
+   uint8 + 128 with zero point 128 (``onnx_int8.store_weights_uint8``);
 4. **check** in a temporary directory next to the target:
    ``onnx.checker.check_model(full_check=True)``, strict shape inference,
    external-data paths inside the directory, and parity of onnxruntime against
@@ -49,7 +50,7 @@ from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.onnx_check import (OnnxExportError, OnnxParityError, ParityRecord, check_external_paths,
                                 check_model, random_like, resized_like, run_parity)
-from autoglm.onnx_int8 import int8_twin, replace_qdq_linears, translation_table
+from autoglm.onnx_int8 import int8_twin, replace_qdq_linears, store_weights_uint8, translation_table
 from autoglm.runtime.onnxruntime import OrtExecutor, OrtOptions
 
 __all__ = ["ExportOptions", "OnnxExportResult", "ParityRecord", "OnnxExportError", "OnnxParityError",
@@ -480,6 +481,9 @@ def _save_checked(gm: fx.GraphModule, onnx_program: Any, dynamic: dict[str, list
                   min_sqnr_db: float | None, has_int8: bool, export_s: float) -> OnnxExportResult:
     """Write the model into a staging folder, check it there, then move it into place."""
     probe = _probe_inputs(inputs, dynamic, torch.Generator().manual_seed(opts.seed + 7))
+    # int8 weights stored as uint8 + 128 (zero point 128, same real values): onnxruntime's
+    # u8 x s8 kernels saturate on x86 CPUs without VNNI, its u8 x u8 ones are exact (onnx_int8.py).
+    store_weights_uint8(onnx_program.model)
     onnx_program.model.metadata_props.update(metadata)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

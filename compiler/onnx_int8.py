@@ -28,6 +28,18 @@ ONNX has no op for torch's ``choose_qparams``; the dynamic activation
 quantization lives in small custom ops here (``dynamic_qdq``,
 ``dynamic_int8_linear``) whose ONNX translations use ``DynamicQuantizeLinear``
 (uint8, asymmetric, range including 0: the same scheme as the pass's dynamic mode).
+
+Weight storage (``store_weights_uint8``, run by the exporter on every file): the
+twins compute with int8 weights (zero point 0) like the modules they replace,
+but the file stores each weight as ``uint8 = int8 + 128`` with zero point 128
+(``W_int8`` above is written ``W_u8, zp 128``): the same real values
+``(q - zp) * scale``. onnxruntime's u8 x s8 kernels on x86 CPUs without VNNI
+(AVX2 only) add each pair of products in 16 bits with saturation
+(``vpmaddubsw``): 255*127 + 255*127 = 64770 becomes 32767 (MatMulInteger of
+all-255 x all-127, K=64: 1048544 instead of 2072640), which put the exports at
+17-23 dB against our exact int8 model; its u8 x u8 kernels widen to 16 bits
+first and are exact on every CPU. Measurements, the alternative
+(``session.x64quantprecision``) and the speed cost: docs/onnx.md.
 """
 from __future__ import annotations
 
@@ -45,7 +57,8 @@ from autoglm.ir.int8 import ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, QDQ, W_DTYPE, W_
 from autoglm.ir.effects import has_side_effects
 from autoglm.ir.ops import get_attr_value
 
-__all__ = ["int8_twin", "translation_table", "dynamic_qdq", "dynamic_int8_linear", "replace_qdq_linears"]
+__all__ = ["int8_twin", "translation_table", "dynamic_qdq", "dynamic_int8_linear", "replace_qdq_linears",
+           "store_weights_uint8"]
 
 qd = torch.ops.quantized_decomposed
 
@@ -245,3 +258,112 @@ def replace_qdq_linears(gm: fx.GraphModule) -> int:
         graph.eliminate_dead_code(is_impure_node=has_side_effects)
         gm.recompile()
     return count
+
+
+# ---------------------------------------------------------------- weight storage in the file
+
+# (weight input, its zero-point input) of the ONNX ops that take a quantized weight.
+_WEIGHT_SLOTS = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3), "ConvInteger": (1, 3),
+                 "QLinearMatMul": (3, 5), "QLinearConv": (3, 5)}
+
+
+def _weight_slot(node: Any, index: int) -> tuple[int, int] | None:
+    slots = _WEIGHT_SLOTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    return slots if slots is not None and slots[0] == index else None
+
+
+def _const_int8(value: Any) -> Any:
+    """The numpy array of an int8 constant (initializer or Constant node output), else None."""
+    import onnx_ir as ir
+
+    if value is None or value.dtype != ir.DataType.INT8:
+        return None
+    tensor = value.const_value
+    if tensor is None and value.producer() is not None and value.producer().op_type == "Constant":
+        attr = value.producer().attributes.get("value")
+        tensor = attr.value if attr is not None else None
+    return None if tensor is None else tensor.numpy()
+
+
+def store_weights_uint8(model: Any) -> int:
+    """Store every int8 weight initializer of an ONNX model as uint8 with zero point + 128.
+
+    ``model`` is an ``onnx_ir.Model`` (``ONNXProgram.model``), edited in place.
+    ``q_u8 = q_s8 + 128`` and ``zp_u8 = zp_s8 + 128`` give the same real values
+    ``(q - zp) * scale``, so every op computes the same numbers, but onnxruntime
+    runs its exact u8 x u8 kernels instead of the u8 x s8 ones that saturate on
+    CPUs without VNNI (module docstring). A weight is rewritten only when all its
+    uses are the weight input of ``DequantizeLinear`` / ``MatMulInteger`` /
+    ``ConvInteger`` / ``QLinearMatMul`` / ``QLinearConv`` with a constant (or
+    absent) zero point; anything else (an int8 table feeding ``Gather``, a graph
+    output) is left as it is. Zero points get new uint8 initializers (the int8
+    one may be shared with an int8 activation's Q/DQ). Returns how many weights
+    were rewritten.
+    """
+    import numpy as np
+    import onnx_ir as ir
+
+    count = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        shifted: dict[int, Any] = {}  # id(int8 zero-point value) -> its registered uint8 twin
+        replaced: list[Any] = []
+
+        def uint8_zero(node: Any, zp_index: int, arr: Any) -> Any:
+            zp = node.inputs[zp_index] if zp_index < len(node.inputs) else None
+            if zp is not None and id(zp) in shifted:
+                return shifted[id(zp)]
+            base = zp.name if zp is not None and zp.name else f"{node.name or node.op_type}_w_zero"
+            name, i = f"{base}_u8", 1
+            while name in graph.initializers:
+                name, i = f"{base}_u8_{i}", i + 1
+            value = ir.Value(name=name, type=ir.TensorType(ir.DataType.UINT8), shape=ir.Shape(arr.shape),
+                             const_value=ir.tensor(arr, name=name))
+            graph.register_initializer(value)
+            if zp is not None:
+                shifted[id(zp)] = value
+                replaced.append(zp)
+            return value
+
+        for name, weight in list(graph.initializers.items()):
+            if weight.dtype != ir.DataType.INT8 or weight.const_value is None or weight.is_graph_output():
+                continue
+            uses = list(weight.uses())
+            slots = [_weight_slot(node, index) for node, index in uses]
+            if not uses or any(s is None for s in slots):
+                continue
+            zeros = [_uint8_zero_array(node, s[1]) for (node, _), s in zip(uses, slots)]
+            if any(z is None for z in zeros):
+                continue
+            for (node, _), (_, zp_index), arr in zip(uses, slots, zeros):
+                value = uint8_zero(node, zp_index, arr)
+                if zp_index >= len(node.inputs):
+                    node.resize_inputs(zp_index + 1)
+                node.replace_input_with(zp_index, value)
+            q = weight.const_value.numpy()
+            weight.const_value = ir.tensor((q.astype(np.int16) + 128).astype(np.uint8), name=name)
+            weight.dtype = ir.DataType.UINT8
+            count += 1
+        for zp in replaced:  # int8 zero points nothing reads any more
+            if list(zp.uses()) or zp.is_graph_output() or zp.is_graph_input():
+                continue
+            if graph.initializers.get(zp.name) is zp:
+                del graph.initializers[zp.name]
+            elif zp.producer() is not None and zp.producer().op_type == "Constant" and zp.producer().graph is graph:
+                graph.remove(zp.producer())
+    return count
+
+
+def _uint8_zero_array(node: Any, zp_index: int) -> Any:
+    """The uint8 zero point (int8 one + 128) a weight input of ``node`` needs, or None if unknown."""
+    import numpy as np
+
+    zp = node.inputs[zp_index] if zp_index < len(node.inputs) else None
+    if zp is not None:
+        z = _const_int8(zp)
+        return None if z is None else (z.astype(np.int16) + 128).astype(np.uint8)
+    if node.op_type != "DequantizeLinear":  # MatMulInteger / ConvInteger: a scalar zero point is allowed
+        return np.full((), 128, np.uint8)
+    scale = node.inputs[1]  # DequantizeLinear: the zero point has the scale's shape
+    if scale is None or scale.shape is None or not scale.shape.is_static():
+        return None
+    return np.full(tuple(scale.shape), 128, np.uint8)

@@ -1,6 +1,6 @@
 """``Program``: what ``autoglm.compile`` returns for a model with data-dependent branches.
 
-Same call interface as ``CompiledModel`` (``cm(*args, **kwargs)``, ``summary()``,
+Same interface as ``CompiledModel`` (the ``Compiled`` protocol) (``cm(*args, **kwargs)``, ``summary()``,
 ``graph_module``, ``notes``) plus ``stats`` (per branch point: source line,
 predicate, hits per outcome, misses, re-plans, time re-planning), ``max_plans``
 and ``on_limit``. See ``docs/dynamic_graphs.md`` for the design.
@@ -28,7 +28,7 @@ from autoglm.api import preserved_buffers
 from autoglm.capture.branching import Segment, trace_segment
 from autoglm.capture.errors import CaptureError
 from autoglm.capture.flat import FlatSignature
-from autoglm.compiled import CompiledModel
+from autoglm.compiled import CompiledViews
 from autoglm.cost import CostModel
 from autoglm.driver import DriverOptions, compile_graph
 from autoglm.ir.effects import has_side_effects
@@ -65,7 +65,7 @@ def _clone_inputs(values: Sequence[Any]) -> list[Any]:
     return [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in values]
 
 
-class Program(CompiledModel):
+class Program(CompiledViews):
     """A compiled model made of path-specialised segments joined at branch points."""
 
     def __init__(self, model: nn.Module, signature: FlatSignature, example_inputs: Sequence[torch.Tensor],
@@ -82,7 +82,7 @@ class Program(CompiledModel):
         self.cache = PlanCache(self._build, max_plans=options.max_plans, on_limit=options.on_limit)
         self.executor = self._run_flat
 
-    # -- the CompiledModel interface -------------------------------------------------
+    # -- the Compiled interface (autoglm.compiled.Compiled) ----------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = self.signature.flatten_inputs(args, kwargs)
         out, leaf = self.cache.run(flat)
@@ -119,10 +119,6 @@ class Program(CompiledModel):
             out.extend(node.payload.records)
         return out
 
-    @records.setter
-    def records(self, value: Any) -> None:  # CompiledModel's constructor shape; records are derived here
-        pass
-
     @property
     def graph_module(self) -> fx.GraphModule:  # type: ignore[override]
         """The most recently compiled path as one graph, with its guards as ``check_guard`` nodes."""
@@ -130,10 +126,6 @@ class Program(CompiledModel):
         if leaf is None:
             raise RuntimeError("no path compiled yet: call the model once first")
         return self.path_graph(leaf)
-
-    @graph_module.setter
-    def graph_module(self, value: Any) -> None:
-        pass
 
     def paths(self) -> list[tuple]:
         """The outcome sequences of the compiled paths."""

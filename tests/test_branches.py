@@ -380,3 +380,20 @@ def test_calibration_reaches_every_segment_of_a_branching_model():
     # segments with a Linear to quantize were calibrated on exactly the samples that reached them
     assert [c for s, c in zip(seen, counts) if s is not None] == [s for s in seen if s is not None]
     assert sum(s is not None for s in seen) >= 2
+
+
+def test_every_compiled_object_is_a_compiled_without_name_only_inheritance(tmp_path):
+    from autoglm.compiled import Compiled, CompiledModel
+    from autoglm.program import Program
+
+    class Sign(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x - 1
+
+    x = torch.randn(4, 8)
+    program = autoglm.compile(Sign(), (x,), passes="none")
+    assert isinstance(program, Program) and not isinstance(program, CompiledModel)
+    program.save(tmp_path / "p")
+    for obj in (program, autoglm.load(tmp_path / "p"), autoglm.compile(torch.nn.Linear(8, 8), (x,))):
+        assert isinstance(obj, Compiled)
+        assert obj.summary() and obj.records is not None

@@ -295,10 +295,15 @@ def test_int8_modules_export_as_fused_qdq(tmp_path):
     assert result.int8 and all(p.ok for p in result.parity)
     proto = onnx.load(str(tmp_path / "int8.onnx"))
     inits = {i.name: i for i in proto.graph.initializer}
+    # One 8-bit weight with per-output-channel scales per layer; the twin's int8 weight is stored as
+    # uint8 + 128 with zero point 128 (same real values; exact u8 x u8 kernels in onnxruntime).
     per_channel = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
-                   and inits[n.input[0]].data_type == onnx.TensorProto.INT8 and list(inits[n.input[1]].dims) ==
+                   and inits[n.input[0]].data_type == onnx.TensorProto.UINT8 and list(inits[n.input[1]].dims) ==
                    [inits[n.input[0]].dims[1]]]
-    assert len(per_channel) == 2  # one int8 weight with per-output-channel scales per layer
+    assert len(per_channel) == 2
+    for n in per_channel:
+        zero = onnx.numpy_helper.to_array(inits[n.input[2]])
+        assert zero.dtype.name == "uint8" and (zero == 128).all()
     report = int8_kernel_report(tmp_path / "int8.onnx", threads=1)
     assert report["share"] == 1.0 and report["int8_kernels"] == 2, report
 
@@ -431,3 +436,117 @@ def test_unlowered_qdq_graph_exports_like_lowered(mode, tmp_path):
     x = torch.randint(0, 1000, (3, 16))
     got, want = OrtExecutor(result.path, threads=1)(x)[0], model(x)
     assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.99
+
+
+class _LeafInt8Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from autoglm.ir.int8 import Int8Conv2d, Int8Linear
+
+        return isinstance(m, (Int8Linear, Int8Conv2d)) or super().is_leaf_module(m, qualname)
+
+
+def _int8_graph(mod: nn.Module) -> torch.fx.GraphModule:
+    root = nn.Sequential(mod).eval()
+    return torch.fx.GraphModule(root, _LeafInt8Tracer().trace(root))
+
+
+@pytest.mark.parametrize("pattern", ["dynamic-linear", "static-linear", "static-conv"])
+def test_int8_export_is_exact_in_onnxruntime_worst_case(pattern, tmp_path):
+    """Activations at uint8 255 times weights at +-127: every pair of products is 64770, which
+    onnxruntime's u8 x s8 kernels saturate to 32767 on x86 CPUs without VNNI (AVX2 only). The
+    exported file must give the exact int32 sums, in a session without ``x64quantprecision``
+    (so the file itself is exact, not just our executor). Scales are powers of two: the float
+    outputs are the integer sums times 2^-k, exactly."""
+    from autoglm.ir.int8 import Int8Conv2d, Int8Linear
+    from autoglm.onnx_check import int8_kernel_report
+    from autoglm.onnx_export import ExportOptions, export_graph
+    from autoglm.runtime.onnxruntime import OrtOptions
+
+    gen = torch.Generator().manual_seed(0)
+    k, n, w_scale = 64, 16, 2.0 ** -7
+    wq = torch.where(torch.rand(n, k, generator=gen) < 0.5, -127, 127).to(torch.int8)
+    wq[0], wq[1] = 127, -127  # the worst cases themselves: all pairs at +-64770
+    if pattern == "static-conv":
+        c = k // 4
+        mod = Int8Conv2d(wq.reshape(n, c, 2, 2), torch.full((n,), w_scale), None, act_scale=2.0 ** -4,
+                         act_zero_point=0, out_scale=8.0, out_zero_point=128, kernel="int_mm_static")
+        x = torch.full((2, c, 3, 3), 255 * 2.0 ** -4)  # uint8 code 255 everywhere
+        acc = 255 * wq.long().sum(1)  # per output channel, at every position
+        # output q/dq: acc * 2^-11 / 8 rounded (no ties: acc = 64770 * j, |j| <= 32), zero point 128
+        want = ((torch.round(acc.double() * 2.0 ** -14).clamp(-128, 127)) * 8.0).reshape(1, n, 1, 1).expand(2, n, 2, 2)
+    else:
+        static = pattern == "static-linear"
+        mod = Int8Linear(wq, torch.full((n,), w_scale), None, 2.0 ** -4 if static else None, 0 if static else None,
+                         kernel="int_mm_static" if static else "int_mm_dynamic")
+        if static:
+            x, x_scale = torch.full((8, k), 255 * 2.0 ** -4), 2.0 ** -4
+        else:  # dynamic range [0, 255/256]: scale 1/256, zero point 0, code 255 (0 at [0, 0])
+            x, x_scale = torch.full((8, k), 255 / 256), 2.0 ** -8
+            x[0, 0] = 0.0
+        codes = torch.round(x / x_scale).long()
+        assert codes.max() == 255
+        want = (codes @ wq.long().t()).double() * (x_scale * w_scale)
+    gm = _int8_graph(mod)
+    path = tmp_path / f"{pattern}.onnx"
+    result = export_graph(gm, (x,), path, ExportOptions(dynamic=False), ["x"], [])
+    assert result.int8 and all(p.ok for p in result.parity), result.parity
+    # The file stores the weight as uint8 + 128 (zero point 128): same real values.
+    proto = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    weights = [a for a in inits.values() if a.shape in ((k, n), (n, k // 4, 2, 2))]
+    assert len(weights) == 1 and weights[0].dtype.name == "uint8", {name: a.dtype for name, a in inits.items()}
+    assert not any(a.dtype.name == "int8" for a in inits.values())
+    plain = {"threads": 1, "session_config": {"session.x64quantprecision": "0"}}
+    report = int8_kernel_report(path, **plain)
+    assert report["int8_kernels"] == 1 and report["share"] == 1.0, report  # it ran as an int8 kernel
+    got = OrtExecutor(path, OrtOptions(**plain))(x)[0]
+    assert torch.equal(got.double(), want), (got.double() - want).abs().max()
+    assert torch.equal(gm(x).double(), want)  # the compiled module is exact too
+
+
+def test_store_weights_uint8_keeps_values_and_leaves_other_int8_alone():
+    """Only weights every use of which is a quantized-weight input move to uint8 (+128); an int8
+    zero point shared with an int8 activation's Q/DQ stays int8 there, an int8 table read by
+    ``Gather`` stays int8, and onnxruntime computes the same numbers (here: exactly)."""
+    import numpy as np
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from onnx import TensorProto as T, helper, numpy_helper
+
+    from autoglm.onnx_int8 import store_weights_uint8
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (8, 4)).astype(np.int8)
+    table = rng.integers(-127, 128, (5, 8)).astype(np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),  # int8 activation, zero point "z"
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "z"], ["wd"]),  # the weight shares "z"
+             helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+             helper.make_node("MatMulInteger", ["xq", "w"], ["acc"]),  # no zero points at all
+             helper.make_node("Gather", ["table", "ids"], ["rows"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(table, "table"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array(0.25, np.float32), "ws")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [3, 8]),
+                                           helper.make_tensor_value_info("ids", T.INT64, [2])],
+                              [helper.make_tensor_value_info(n, t, shape) for n, t, shape in
+                               (("y", T.FLOAT, [3, 4]), ("acc", T.INT32, [3, 4]), ("rows", T.INT8, [2, 8]))], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 9
+    model = ir.serde.deserialize_model(proto)
+    assert store_weights_uint8(model) == 1
+    rewritten = ir.serde.serialize_model(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    dtypes = {i.name: i.data_type for i in rewritten.graph.initializer}
+    assert dtypes["w"] == T.UINT8 and dtypes["table"] == T.INT8 and dtypes["z"] == T.INT8
+    by_op = {n.op_type: n for n in rewritten.graph.node if n.op_type != "DequantizeLinear"}
+    assert dtypes[by_op["MatMulInteger"].input[3]] == T.UINT8
+    feeds = {"x": rng.uniform(-60, 60, (3, 8)).astype(np.float32), "ids": np.array([4, 1])}
+    outs = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+            for p in (proto, rewritten)]
+    xq = np.clip(np.round(feeds["x"] / 0.5), -128, 127)
+    np.testing.assert_array_equal(outs[1][1], xq.astype(np.int64) @ w.astype(np.int64))  # exact int32 sums
+    np.testing.assert_allclose(outs[1][0], (xq * 0.5) @ (w * 0.25), rtol=1e-6)
+    np.testing.assert_array_equal(outs[1][2], table[[4, 1]])
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-6)
