@@ -17,23 +17,34 @@ Faults. The driver watches every stage's status file and process:
 * collectives themselves time out after ``step_timeout_s`` (never torch's
   30-minute default).
 
-Both raise ``PipelineFault``; no worker outlives ``run_pipeline``.
+Both raise ``PipelineFault``. No worker outlives ``run_pipeline``, and its scratch
+folder (``$TMPDIR/autoglm-pipe-*``, torchrun's own temporary files inside) is removed,
+on every exit path: success, fault, error, Ctrl-C, and SIGTERM (which, where the caller
+left Python's default, still ends the process, once the stages are down).
+
+When one stage dies, torchrun stops the others with SIGTERM; the fault names the stage
+that died first, never one of those (``_first_death``).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+
+from autoglm.artifacts import signals_deferred
 
 __all__ = ["run_pipeline", "PipelineFault", "PipelineStats", "SCHEDULES"]
 
@@ -70,7 +81,8 @@ class PipelineFault(RuntimeError):
         pid = f" (pid {self.pid})" if self.pid else ""
         mb = ("before its first microbatch" if self.last_microbatch in (None, -1)
               else f"after finishing microbatch {self.last_microbatch}")
-        return (f"pipeline {where}{pid} {self.reason} {mb} of step {self.step}; other stages stopped "
+        step = f" of step {self.step}" if self.step is not None else ""  # None: died before its first record
+        return (f"pipeline {where}{pid} {self.reason} {mb}{step}; other stages stopped "
                 f"(detected {self.detected_after_s:.1f} s after the fault)")
 
 
@@ -154,7 +166,9 @@ def _workers_of(sdir: Path) -> set[int]:
 
 
 def _kill_group(proc: subprocess.Popen, sdir: Path, nproc: int) -> None:
-    _kill_workers(sdir, nproc)
+    # torchrun first: once it is gone it cannot start a stage after the sweep below (a driver
+    # interrupted at start-up meets torchrun still spawning them); the stages it leaves are
+    # found by their status records and command lines.
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the group we created with start_new_session
     except (ProcessLookupError, PermissionError):
@@ -163,14 +177,132 @@ def _kill_group(proc: subprocess.Popen, sdir: Path, nproc: int) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+    _kill_workers(sdir, nproc)
 
 
 def _exit_signal_from_log(log: str, rank: int) -> str | None:
-    # torchrun's failure summary: "rank : 1 (local_rank: 1)\n exitcode : -9 (pid: 123)"
-    for m in re.finditer(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", log):
-        if int(m.group(1)) == rank and int(m.group(2)) < 0:
-            return _signal_name(-int(m.group(2)))
+    for r, code, _ in _failures_from_log(log):
+        if r == rank and code < 0:
+            return _signal_name(-code)
     return None
+
+
+def _failures_from_log(log: str) -> list[tuple[int, int, int]]:
+    """``(rank, exitcode, pid)`` of every failed stage in torchrun's failure summary:
+    "rank : 1 (local_rank: 1)\n exitcode : -9 (pid: 123)"."""
+    found = re.finditer(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", log)
+    return [(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in found]
+
+
+def _stopped_by_torchrun(log: str) -> set[int]:
+    """Pids torchrun sent its closing signal to: "Sending process 123 closing signal SIGTERM"."""
+    return {int(pid) for pid in re.findall(r"Sending process (\d+) closing signal", log)}
+
+
+def _first_death(log: str, status: dict[int, dict[str, Any]], observed: Sequence[int]
+                 ) -> tuple[int, int | None, str | None] | None:
+    """``(rank, pid, signal)`` of the stage that died first, or None when nothing says.
+
+    Once one stage dies, torchrun stops the others with SIGTERM, so a dead stage is not
+    necessarily the culprit: on a loaded machine the driver can see those deaths first,
+    or only them (a stage killed at start-up, before its first status record). The one
+    to name is a stage torchrun did not stop: in its failure summary, one killed by a
+    signal torchrun did not send; else the first dead stage the driver saw that it did not stop.
+    """
+    stopped = _stopped_by_torchrun(log)
+    order = {r: i for i, r in enumerate(observed)}
+    killed = [f for f in _failures_from_log(log) if f[1] < 0 and f[2] not in stopped]
+    if killed:
+        rank, code, pid = min(killed, key=lambda f: order.get(f[0], len(order)))
+        return rank, pid, _signal_name(-code)
+    fallback = [r for r in observed if int(status.get(r, {}).get("pid", 0)) not in stopped] or list(observed)
+    if not fallback:
+        return None
+    rank = fallback[0]
+    pid = status.get(rank, {}).get("pid")
+    return rank, int(pid) if pid else None, _exit_signal_from_log(log, rank)
+
+
+def _wait_for_summary(proc: subprocess.Popen, log_path: Path, limit_s: float = 5.0) -> str:
+    """torchrun's log once it has stopped the other stages and printed its failure summary
+    (it exits right after), or as it is after ``limit_s`` (a stopped stage ignoring SIGTERM)."""
+    deadline = time.monotonic() + limit_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        if "Root Cause" in log_path.read_text(errors="replace"):
+            break
+        time.sleep(0.1)
+    return log_path.read_text(errors="replace")
+
+
+def _death_fault(proc: subprocess.Popen, sdir: Path, nproc: int, observed: Sequence[int], log_path: Path,
+                 seen_at: float) -> PipelineFault:
+    log = _wait_for_summary(proc, log_path)
+    status = _read_status(sdir, nproc)
+    rank, pid, sig = _first_death(log, status, observed) or (observed[0] if observed else None, None, None)
+    st = status.get(rank, {})
+    return PipelineFault(rank, pid, sig, st.get("microbatch"), st.get("step"),
+                         f"died{' from ' + sig if sig else ''}", time.monotonic() - seen_at, log[-3000:])
+
+
+class _Terminated(BaseException):
+    """SIGTERM while the stages run, for a caller that left Python's default (which ends the
+    process on the spot, leaving torchrun, in its own session, and the stages running)."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Under Python's default SIGTERM, turn SIGTERM into an exception while the stages run, so
+    the clean-up runs; then end the process from SIGTERM as the default would have. A handler
+    the caller installed (the CLI's) is left to do its own job."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)  # stages and scratch are gone: now end as the default does
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    """``$TMPDIR/autoglm-pipe-*``, removed on every exit path (a signal included)."""
+    work: Path | None = None
+    try:
+        with signals_deferred():  # created and known to the clean-up as one step
+            work = Path(tempfile.mkdtemp(prefix="autoglm-pipe-"))
+        yield work
+    finally:
+        if work is not None:
+            with signals_deferred():  # a second Ctrl-C must not stop the removal halfway
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_torchrun(cmd: list[str], env: dict[str, str], log_path: Path, sdir: Path, nproc: int,
+                  step_timeout_s: float, startup_timeout_s: float) -> tuple[int | None, PipelineFault | None]:
+    """Start torchrun and watch it; returns its exit code and the fault to raise (or None).
+
+    Whatever ends the watch (a fault, an error, Ctrl-C, SIGTERM), no stage outlives this call."""
+    proc: subprocess.Popen | None = None
+    with open(log_path, "wb") as log:
+        try:
+            with signals_deferred():  # no signal between starting torchrun and knowing its pid
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            fault = _watch(proc, sdir, nproc, step_timeout_s, startup_timeout_s, log_path)
+        finally:
+            if proc is not None:
+                with signals_deferred():  # a second signal must not stop the teardown halfway
+                    _kill_group(proc, sdir, nproc)
+    return proc.returncode, fault
 
 
 def run_pipeline(artifact_dir: str | os.PathLike, inputs: Sequence[torch.Tensor] | None = None, nproc: int = 2,
@@ -194,7 +326,15 @@ def run_pipeline(artifact_dir: str | os.PathLike, inputs: Sequence[torch.Tensor]
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
     if not (Path(artifact_dir) / "graph.json").is_file():
         raise ValueError(f"{artifact_dir} is not an autoglm artifact (no graph.json); save one with cm.save(dir)")
-    work = Path(tempfile.mkdtemp(prefix="autoglm-pipe-"))
+    with _sigterm_unwinds(), _scratch_dir() as work:
+        return _run_in(work, artifact_dir, inputs, nproc, schedule, microbatches, step_timeout_s,
+                       startup_timeout_s, steps, warmup, threads, status_dir, return_stats, torchrun_args)
+
+
+def _run_in(work: Path, artifact_dir: str | os.PathLike, inputs: Sequence[torch.Tensor] | None, nproc: int,
+            schedule: str, microbatches: int, step_timeout_s: float, startup_timeout_s: float, steps: int,
+            warmup: int, threads: int, status_dir: str | os.PathLike | None, return_stats: bool,
+            torchrun_args: Sequence[str]) -> Any:
     sdir = Path(status_dir) if status_dir is not None else work / "status"
     sdir.mkdir(parents=True, exist_ok=True)
     out_file = work / "outputs.safetensors"
@@ -210,24 +350,21 @@ def run_pipeline(artifact_dir: str | os.PathLike, inputs: Sequence[torch.Tensor]
         save_file({f"input_{i}": t.detach().cpu().contiguous() for i, t in enumerate(inputs)},
                   str(work / "inputs.safetensors"))
         cmd += ["--inputs", str(work / "inputs.safetensors")]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # TMPDIR inside the scratch folder: torchrun's own temporary folders (torchelastic_*, which
+    # a killed torchrun leaves behind) go when it goes.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TMPDIR=str(work))
     log_path = work / "torchrun.log"
     t_start = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            fault = _watch(proc, sdir, nproc, step_timeout_s, startup_timeout_s, log_path)
-        finally:
-            _kill_group(proc, sdir, nproc)  # whatever happened, no stage outlives this call
+    returncode, fault = _run_torchrun(cmd, env, log_path, sdir, nproc, step_timeout_s, startup_timeout_s)
     if fault is not None:
         raise fault
-    if proc.returncode != 0 or not out_file.exists():
+    if returncode != 0 or not out_file.exists():
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise PipelineFault(None, None, None, None, None, f"exited with code {proc.returncode}", 0.0, tail)
+        raise PipelineFault(None, None, None, None, None, f"exited with code {returncode}", 0.0, tail)
     from safetensors.torch import load_file
 
     stored = load_file(str(out_file))
-    outputs = tuple(stored[f"output_{i}"] for i in range(len(stored)))
+    outputs = tuple(stored[f"output_{i}"] for i in range(len(stored)))  # still readable once the scratch goes
     if not return_stats:
         return outputs
     status = _read_status(sdir, nproc)
@@ -273,20 +410,10 @@ def _watch(proc: subprocess.Popen, sdir: Path, nproc: int, step_timeout_s: float
                 seen[r] = key
                 last_progress = now
         ready = len(status) == nproc
-        for r, st in sorted(status.items()):
-            if st.get("done"):
-                continue
-            if st.get("error") is None and not _alive(int(st["pid"])):
-                log = log_path.read_text(errors="replace")
-                # torchrun prints the exit code shortly after it notices; give it a moment
-                sig = _exit_signal_from_log(log, r)
-                deadline = time.monotonic() + 2.0
-                while sig is None and proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    sig = _exit_signal_from_log(log_path.read_text(errors="replace"), r)
-                return PipelineFault(r, int(st["pid"]), sig, st.get("microbatch"), st.get("step"),
-                                     f"died{' from ' + sig if sig else ''}", time.monotonic() - now,
-                                     log_path.read_text(errors="replace")[-3000:])
+        dead = [r for r, st in sorted(status.items())
+                if not st.get("done") and st.get("error") is None and not _alive(int(st["pid"]))]
+        if dead:
+            return _death_fault(proc, sdir, nproc, dead, log_path, now)
         errors = {r: st for r, st in status.items() if st.get("error")}
         if errors:
             # A stage that raised is often the victim of another's death: let that surface first.
@@ -298,10 +425,12 @@ def _watch(proc: subprocess.Popen, sdir: Path, nproc: int, step_timeout_s: float
                                      log_path.read_text(errors="replace")[-3000:])
         code = proc.poll()
         if code is not None:
-            if code != 0:
-                return PipelineFault(None, None, None, None, None, f"torchrun exited with code {code}", 0.0,
-                                     log_path.read_text(errors="replace")[-3000:])
-            return None
+            if code == 0:
+                return None
+            if _first_death(log_path.read_text(errors="replace"), status, []) is not None:
+                return _death_fault(proc, sdir, nproc, [], log_path, now)  # e.g. died before any status record
+            return PipelineFault(None, None, None, None, None, f"torchrun exited with code {code}", 0.0,
+                                 log_path.read_text(errors="replace")[-3000:])
         limit = step_timeout_s if ready else startup_timeout_s
         if now - last_progress > limit:
             active = {r: st for r, st in status.items() if not st.get("done")}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -134,6 +135,14 @@ def _load_inputs(args: argparse.Namespace) -> list[torch.Tensor]:
     return [stored[f"input_{i}"] for i in range(len(stored))]
 
 
+def _test_kill_hook(rank: int) -> None:
+    """Fault tests only: ``AUTOGLM_TEST_KILL_STAGE=r`` makes stage ``r`` die from SIGKILL at
+    start-up, before its first status record (as the OOM killer would during loading), so the
+    driver must name it from torchrun's log rather than from its status file."""
+    if os.environ.get("AUTOGLM_TEST_KILL_STAGE") == str(rank):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_stage(args: argparse.Namespace) -> int:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
@@ -141,6 +150,7 @@ def run_stage(args: argparse.Namespace) -> int:
     from autoglm.runtime.partition_graphs import extract_stages
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    _test_kill_hook(rank)
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     status = _Status(args.status_dir, rank, args.microbatches)
     _start_heartbeat(args.status_dir, rank)

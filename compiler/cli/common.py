@@ -2,13 +2,18 @@
 
 Outputs are staged in hidden temporary folders next to their destination and
 renamed into place only once everything a command writes is complete, so a
-failure (or Ctrl-C) never leaves a half-written artifact, report or file.
+failure (or Ctrl-C, or SIGTERM) never leaves a half-written artifact, report or file.
+
+Every stderr line is one line: control characters from user data (a file name
+holding a newline or a terminal escape) are shown escaped, as ``repr`` does, so a
+name can never start a line of its own (a forged ``autoglm: error:``).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -19,10 +24,10 @@ from typing import Any, Iterator, TextIO
 
 import torch
 
-from autoglm.artifacts import replace_dir
+from autoglm.artifacts import replace_dir, signals_deferred
 
-__all__ = ["CliError", "UsageError", "Console", "OutputPlan", "one_line", "describe_tensors",
-           "check_inputs_match", "load_compiled"]
+__all__ = ["CliError", "UsageError", "Interrupted", "RUN", "Console", "OutputPlan", "one_line", "printable",
+           "quote_path", "describe_tensors", "check_inputs_match", "load_compiled"]
 
 
 class CliError(Exception):
@@ -33,6 +38,42 @@ class UsageError(CliError):
     """The command line itself is wrong (exit status 2)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread like Ctrl-C so every ``finally`` runs:
+    staging folders are removed and pipeline stages stopped. (Python's default SIGTERM
+    ends the process on the spot, without any of that.)"""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunState:
+    """What this CLI invocation has seen: the first SIGINT/SIGTERM, and the outputs it renamed
+    into place. One per process, as signal handlers are; ``main()`` resets it.
+
+    The exception a signal raises lands wherever the main thread happens to be, and library
+    code can swallow it (torch's C++ does, inside its lazy imports) and go on half-initialised.
+    So the signal is also recorded here: ``check()`` raises it again at the safe points (each
+    progress step, before any output is renamed into place), and the CLI reports the
+    interruption, not whatever confused error followed it.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.signum: int | None = None
+        self.written: list[Path] = []
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+RUN = RunState()
+
+
 def one_line(exc: BaseException | str) -> str:
     """Multi-line messages (capture errors list each frontend) folded into one line."""
     text = exc if isinstance(exc, str) else str(exc)
@@ -40,6 +81,19 @@ def one_line(exc: BaseException | str) -> str:
     if not parts:
         return type(exc).__name__ if isinstance(exc, BaseException) else ""
     return "; ".join(parts)
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (newline, CR, ESC, U+2028...) escaped as ``repr`` does."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def quote_path(path: str | os.PathLike) -> str:
+    """A path for a message: as is, or ``repr``-quoted (control characters escaped) when it holds any."""
+    text = os.fsdecode(path)
+    return text if text.isprintable() else repr(text)
 
 
 class Console:
@@ -61,25 +115,31 @@ class Console:
     def err(self) -> TextIO:
         return self._err or sys.stderr
 
+    # Our own messages are one line; whatever user data they carry is escaped, never printed raw.
+    # warn/error first fold multi-line exception text (capture errors list each frontend) into one.
     def info(self, msg: str) -> None:
         if not self.quiet:
-            print(f"autoglm: {msg}", file=self.err, flush=True)
+            print(f"autoglm: {printable(msg)}", file=self.err, flush=True)
 
     def warn(self, msg: str) -> None:
-        line = one_line(msg)
+        line = printable(one_line(msg))
         if line not in self._seen_warnings:
             self._seen_warnings.add(line)
             print(f"autoglm: warning: {line}", file=self.err, flush=True)
 
     def error(self, msg: str) -> None:
-        print(f"autoglm: error: {one_line(msg)}", file=self.err, flush=True)
+        print(f"autoglm: error: {printable(one_line(msg))}", file=self.err, flush=True)
 
     @contextmanager
     def step(self, label: str) -> Iterator[None]:
-        """One line when a long step starts and one with its time when it ends."""
+        """One line when a long step starts and one with its time when it ends.
+
+        Step boundaries are safe points: an interrupt some library swallowed is raised here."""
+        RUN.check()
         self.info(f"{label} ...")
         t0 = time.perf_counter()
         yield
+        RUN.check()
         self.info(f"{label}: done in {time.perf_counter() - t0:.2f} s")
 
     def result(self, text: str, data: dict[str, Any]) -> None:
@@ -116,6 +176,11 @@ class OutputPlan:
     ``directory(final)`` and ``file(final)`` return staged paths to write to. A file
     planned inside a planned directory is written into that directory's staging
     copy, so it lands together with it.
+
+    Signals (Ctrl-C, SIGTERM) never cut a staging step in half: creating a staging
+    folder, the renames of ``commit()`` and the clean-up run whole, and the signal
+    is raised once they are done. Nothing is renamed into place once a signal has
+    come (``RUN.check()``); what was is listed in ``RUN.written``.
     """
 
     def __init__(self) -> None:
@@ -125,23 +190,25 @@ class OutputPlan:
 
     def _stage_root(self, final: Path, what: str) -> Path:
         anchor = _nearest_existing(final.parent)
+        where = f"{what} {quote_path(final)}"
         if not anchor.is_dir():
-            raise CliError(f"cannot write {what} {final}: {anchor} is a file, not a folder")
+            raise CliError(f"cannot write {where}: {quote_path(anchor)} is a file, not a folder")
         if not os.access(anchor, os.W_OK | os.X_OK):
-            raise CliError(f"cannot write {what} {final}: {anchor} is not writable")
+            raise CliError(f"cannot write {where}: {quote_path(anchor)} is not writable")
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.autoglm-tmp-", dir=anchor))
+            with signals_deferred():  # created and recorded for clean-up as one step
+                tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.autoglm-tmp-", dir=anchor))
+                self._temps.append(tmp)
         except OSError as exc:
-            raise CliError(f"cannot write {what} {final}: {exc.strerror or exc}") from exc
-        self._temps.append(tmp)
+            raise CliError(f"cannot write {where}: {exc.strerror or exc}") from exc
         return tmp
 
     def directory(self, final: str | os.PathLike, what: str = "output folder") -> Path:
         final = Path(final).absolute()
         if final.exists() and not final.is_dir():
-            raise CliError(f"{what} {final} exists and is a file; choose a folder path")
+            raise CliError(f"{what} {quote_path(final)} exists and is a file; choose a folder path")
         if final.is_dir() and any(final.iterdir()) and not (final / "graph.json").exists():
-            raise CliError(f"{what} {final} exists and is not an autoglm artifact; refusing to replace it "
+            raise CliError(f"{what} {quote_path(final)} exists and is not an autoglm artifact; refusing to replace it "
                            "(choose an empty or new folder)")
         staged = self._stage_root(final, what) / final.name
         self._dirs[final] = staged
@@ -150,7 +217,7 @@ class OutputPlan:
     def file(self, final: str | os.PathLike, what: str = "output file") -> Path:
         final = Path(final).absolute()
         if final.is_dir():
-            raise CliError(f"{what} {final} is a folder; give a file path")
+            raise CliError(f"{what} {quote_path(final)} is a folder; give a file path")
         for d, staged in self._dirs.items():
             if d in final.parents:
                 target = staged / final.relative_to(d)
@@ -161,10 +228,12 @@ class OutputPlan:
         return tmp / final.name
 
     def commit(self) -> None:
+        RUN.check()  # a signal whose exception was swallowed still means: write nothing
         for final, staged in self._dirs.items():
             if not staged.exists():
-                raise CliError(f"internal: {final} was planned but never written")
+                raise CliError(f"internal: {quote_path(final)} was planned but never written")
             replace_dir(staged, final)
+            RUN.written.append(final)
         for final, tmp in self._files.items():
             final.parent.mkdir(parents=True, exist_ok=True)
             for entry in tmp.iterdir():  # the file plus any sidecars (JSON twin, ONNX external data)
@@ -172,6 +241,7 @@ class OutputPlan:
                 if entry.is_dir() and dest.is_dir():
                     shutil.rmtree(dest)
                 os.replace(entry, dest)
+            RUN.written.append(final)
 
     def cleanup(self) -> None:
         for tmp in self._temps:
@@ -181,11 +251,12 @@ class OutputPlan:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self.commit()
-        finally:
-            self.cleanup()
+        with signals_deferred():  # commit and clean-up run whole; a signal waits until both are done
+            try:
+                if exc_type is None:
+                    self.commit()
+            finally:
+                self.cleanup()
 
 
 def describe_tensors(tensors: Any) -> str:
@@ -230,9 +301,9 @@ def load_compiled(path: str | os.PathLike) -> Any:
 
     p = Path(path)
     if not p.exists():
-        raise CliError(f"artifact folder {p} does not exist")
+        raise CliError(f"artifact folder {quote_path(p)} does not exist")
     if not p.is_dir():
-        raise CliError(f"{p} is a file; expected an artifact folder written by autoglm compile --out")
+        raise CliError(f"{quote_path(p)} is a file; expected an artifact folder written by autoglm compile --out")
     from autoglm.artifacts import ArtifactError
     from autoglm.graph_io import UnsafeArtifactError
 
@@ -241,4 +312,4 @@ def load_compiled(path: str | os.PathLike) -> Any:
     except (ArtifactError, UnsafeArtifactError):
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged artifact fails in many ways
-        raise CliError(f"cannot load artifact {p}: {type(exc).__name__}: {one_line(exc)}") from exc
+        raise CliError(f"cannot load artifact {quote_path(p)}: {type(exc).__name__}: {one_line(exc)}") from exc

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
-from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, one_line
+from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, one_line, quote_path
 from autoglm.config_file import CompileConfig, apply_overrides, load_config, passes_from_value
 from autoglm.model_loading import ExampleInputs, load_example_inputs, load_model
 
@@ -133,10 +133,10 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
             diff = _max_abs_diff(cm(*inputs.args, **inputs.kwargs), model(*inputs.args, **inputs.kwargs))
         cm.config["effective_config"] = cfg.effective(pipeline)
         cm.config["source"] = source
-        with console.step(f"writing {out}"):
+        with console.step(f"writing {quote_path(out)}"):
             cm.save(staged_out)
         if writer is not None and staged_report is not None:
-            with console.step(f"writing report {report}"):
+            with console.step(f"writing report {quote_path(report)}"):
                 writer(cm, staged_report)
     result = {
         "ok": True, "out": str(Path(out).absolute()), "report": str(Path(report).absolute()) if report else None,
@@ -148,36 +148,36 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
 
 
 def _human(result: dict[str, Any], model: str) -> str:
-    lines = [f"compiled {model} -> {result['out']} ({result['frontend']} frontend, {result['nodes']} nodes, "
-             f"devices {','.join(result['devices'])})"]
+    lines = [f"compiled {model} -> {quote_path(result['out'])} ({result['frontend']} frontend, "
+             f"{result['nodes']} nodes, devices {','.join(result['devices'])})"]
     if result["max_abs_diff_vs_eager"] is not None:
         lines.append(f"outputs vs eager: max abs diff {result['max_abs_diff_vs_eager']:.3g}")
     if result["report"]:
-        lines.append(f"report: {result['report']}")
+        lines.append(f"report: {quote_path(result['report'])}")
     return "\n".join(lines)
 
 
 def _inputs_for(args: argparse.Namespace, loaded: Any) -> ExampleInputs:
     if loaded.example_inputs is not None:
         return loaded.example_inputs
-    raise UsageError(f"--example-inputs FILE is required: {args.model} carries no example inputs")
+    raise UsageError(f"--example-inputs FILE is required: {quote_path(args.model)} carries no example inputs")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     cfg = _config_from_args(args)
     cfg.build_pipeline()  # fail fast on pass names/options, before loading anything
     given = load_example_inputs(args.example_inputs) if args.example_inputs else None  # cheap: check first
-    with console.step(f"loading {args.model}"):
+    with console.step(f"loading {quote_path(args.model)}"):
         loaded = load_model(args.model, factory=args.factory, trust_remote_code=args.trust_remote_code,
                             allow_nonfinite=args.allow_nonfinite)
     for w in loaded.warnings:
-        console.warn(f"{args.model}: {w}")
+        console.warn(f"{quote_path(args.model)}: {w}")
     inputs = given or _inputs_for(args, loaded)
     console.info(f"example inputs: {inputs.describe()}")
     source = {"model": str(args.model), "kind": loaded.kind, "example_inputs": args.example_inputs,
               "factory": args.factory, "config_file": args.config, "overrides": list(args.sets)}
     result = compile_to_dir(loaded.module, inputs, cfg, args.out, args.report, console, source)
-    console.result(_human(result, args.model), result)
+    console.result(_human(result, quote_path(args.model)), result)
     return 0
 
 
@@ -197,7 +197,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     source = {"model": "autoglm.demo_models:small_transformer", "kind": "demo"}
     result = compile_to_dir(model, inputs, cfg, args.out, report, console, source)
     text = _human(result, "the demo transformer (autoglm.demo_models.small_transformer)")
-    text += (f"\nnext: autoglm inspect {args.out}   autoglm run {args.out} --inputs {args.out}/"
-             "example_inputs.safetensors")
+    out, example_file = quote_path(args.out), quote_path(Path(args.out) / "example_inputs.safetensors")
+    text += f"\nnext: autoglm inspect {out}   autoglm run {out} --inputs {example_file}"
     console.result(text, result)
     return 0

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, load_compiled, one_line
+from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, load_compiled, one_line, quote_path
 
 __all__ = ["add_parser", "run"]
 
@@ -22,7 +22,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     if Path(args.onnx).suffix != ".onnx":
-        raise UsageError(f"--onnx {args.onnx}: the file name must end in .onnx")
+        raise UsageError(f"--onnx {quote_path(args.onnx)}: the file name must end in .onnx")
     try:
         from autoglm.onnx_export import export_onnx
     except ImportError as exc:
@@ -34,9 +34,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         options["dynamic"] = False
     with OutputPlan() as plan:
         staged = plan.file(args.onnx, "--onnx file")
-        with console.step(f"loading {args.artifact}"):
+        with console.step(f"loading {quote_path(args.artifact)}"):
             cm = load_compiled(args.artifact)
-        with console.step(f"exporting to {args.onnx} (with onnxruntime parity checks)"):
+        with console.step(f"exporting to {quote_path(args.onnx)} (with onnxruntime parity checks)"):
             try:
                 result = export_onnx(cm, staged, **options)
             except (ValueError, RuntimeError, TypeError) as exc:  # OnnxExportError and friends
@@ -45,5 +45,5 @@ def run(args: argparse.Namespace, console: Console) -> int:
     data = {**data, "ok": True, "path": str(Path(args.onnx).absolute())}
     folder = Path(args.onnx).absolute().parent  # sidecars were moved next to the .onnx with it
     data["external_data"] = [str(folder / Path(f).name) for f in data.get("external_data", [])]
-    console.result(f"wrote {args.onnx}", data)
+    console.result(f"wrote {quote_path(args.onnx)}", data)
     return 0

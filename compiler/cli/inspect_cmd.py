@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from autoglm.cli.common import Console, UsageError, load_compiled
+from autoglm.cli.common import Console, UsageError, load_compiled, quote_path
 from autoglm.model_loading import load_example_inputs, load_model
 
 __all__ = ["add_parser", "run"]
@@ -28,7 +28,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def _load(args: argparse.Namespace, console: Console) -> Any:
     target = Path(args.target)
     if target.is_dir():
-        with console.step(f"loading {target}"):
+        with console.step(f"loading {quote_path(target)}"):
             cm = load_compiled(target)
         from autoglm.cost import CostModel
 
@@ -36,14 +36,14 @@ def _load(args: argparse.Namespace, console: Console) -> Any:
         return cm
     import autoglm
 
-    with console.step(f"loading {target}"):
+    with console.step(f"loading {quote_path(target)}"):
         loaded = load_model(target, factory=args.factory, trust_remote_code=args.trust_remote_code,
                             allow_nonfinite=args.allow_nonfinite)
     for w in loaded.warnings:
-        console.warn(f"{target}: {w}")
+        console.warn(f"{quote_path(target)}: {w}")
     inputs = load_example_inputs(args.example_inputs) if args.example_inputs else loaded.example_inputs
     if inputs is None:
-        raise UsageError(f"--example-inputs FILE is required: {target} carries no example inputs")
+        raise UsageError(f"--example-inputs FILE is required: {quote_path(target)} carries no example inputs")
     with console.step("capturing and annotating"):
         return autoglm.compile(loaded.module, inputs.as_call(), passes="none")
 

@@ -11,22 +11,28 @@
 
 Exit status: 0 success; 1 the input or a step failed (bad file, unsafe file,
 unknown pass, capture or pass failure); 2 usage error; 3 internal error (a bug:
-rerun with ``--debug`` for the traceback); 130 interrupted. Every failure is one
-``autoglm: error: ...`` line on stderr. See docs/cli.md.
+rerun with ``--debug`` for the traceback); 130 interrupted by SIGINT (Ctrl-C), 143 by
+SIGTERM, with nothing written. Every failure is one ``autoglm: error: ...`` line on
+stderr. See docs/cli.md.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
+from autoglm.artifacts import INTERRUPT_SIGNALS
 from autoglm.cli import compile_cmd, export_cmd, inspect_cmd, passes_cmd, report_cmd, run_cmd
-from autoglm.cli.common import CliError, Console, UsageError, one_line
+from autoglm.cli.common import RUN, CliError, Console, Interrupted, UsageError, one_line, quote_path
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERNAL"]
+__all__ = ["main", "build_parser", "Interrupted", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERNAL",
+           "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a process SIGTERM ended
 
 COMMANDS = (compile_cmd, run_cmd, export_cmd, inspect_cmd, passes_cmd, report_cmd)
 
@@ -67,8 +73,60 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             UnsafeArtifactError, OSError)
 
 
+def _on_signal(signum: int, frame: Any) -> None:
+    # Only the first signal interrupts. A second Ctrl-C, or the SIGTERM a supervisor sends
+    # right after, would otherwise cut short the clean-up the first one started.
+    for s in INTERRUPT_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    RUN.signum = signum  # kept: the exception may be swallowed on its way up (see RunState)
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Route SIGINT and SIGTERM to ``Interrupted``; returns the handlers to put back.
+
+    Only the main thread may install handlers (main() run from another thread keeps them as
+    they are); a handler set from C (``getsignal`` gives None) could not be put back; and an
+    ignored signal stays ignored (a shell's background job ignores SIGINT, as Python does)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {s: signal.getsignal(s) for s in INTERRUPT_SIGNALS}
+    previous = {s: h for s, h in previous.items() if h not in (None, signal.SIG_IGN)}
+    for s in previous:
+        signal.signal(s, _on_signal)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any], exiting: bool) -> None:
+    # The console script exits right after main() returns: a signal then has nothing left to
+    # stop, and must not turn a finished command into a traceback. Called in-process
+    # (tests, embedding), the caller gets its own handlers back.
+    for s, handler in previous.items():
+        signal.signal(s, signal.SIG_IGN if exiting else handler)
+
+
+def _interrupted(console: Console) -> int:
+    if RUN.written:  # the signal came once these were renamed into place: do not deny them
+        console.error(f"interrupted after writing {', '.join(quote_path(p) for p in RUN.written)} "
+                      "(complete); nothing else was written")
+    else:
+        console.error("interrupted; nothing was written")
+    return EXIT_TERMINATED if RUN.signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (the console script passes it to ``sys.exit``)."""
+    RUN.reset()
+    previous = _install_signal_handlers()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # the signal came after _main's own handling (e.g. while printing)
+        return _interrupted(Console())
+    finally:
+        _restore_signal_handlers(previous, exiting=argv is None)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     console = Console()
     debug = "--debug" in argv
@@ -84,22 +142,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         console = Console(quiet=args.quiet, json_mode=args.json)
         with console.routed_warnings():
-            return int(args.handler(args, console) or EXIT_OK)
-    except UsageError as exc:
+            code = int(args.handler(args, console) or EXIT_OK)
+        RUN.check()  # a signal whose exception a library swallowed after the last safe point
+        return code
+    except BaseException as exc:  # noqa: BLE001 - the one place every failure becomes one line
+        return _failure(exc, console, debug)
+
+
+def _failure(exc: BaseException, console: Console, debug: bool) -> int:
+    if isinstance(exc, KeyboardInterrupt) or RUN.signum is not None:
+        # Ctrl-C or SIGTERM; staging is already cleaned up. Any other error after a signal is
+        # its aftermath (a library swallowed the interrupt and failed half-initialised).
+        return _interrupted(console)
+    if isinstance(exc, UsageError):
         console.error(str(exc))
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        console.error("interrupted; nothing was written")
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the one place every failure becomes one line
-        if debug:
-            traceback.print_exc()
-        if isinstance(exc, _user_errors()):
-            console.error(one_line(exc))
-            return EXIT_FAILURE
-        console.error(f"internal error: {type(exc).__name__}: {one_line(exc)} "
-                      "(this is a bug; rerun with --debug for the traceback)")
-        return EXIT_INTERNAL
+    if not isinstance(exc, Exception):  # SystemExit, GeneratorExit: not failures to report
+        raise exc
+    if debug:
+        traceback.print_exc()
+    if isinstance(exc, _user_errors()):
+        console.error(one_line(exc))
+        return EXIT_FAILURE
+    console.error(f"internal error: {type(exc).__name__}: {one_line(exc)} "
+                  "(this is a bug; rerun with --debug for the traceback)")
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoglm.cli.common import CliError, Console, OutputPlan, load_compiled
+from autoglm.cli.common import CliError, Console, OutputPlan, load_compiled, quote_path
 
 __all__ = ["add_parser", "run"]
 
@@ -25,13 +25,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise CliError("the report writer (autoglm.report.write_report) is not available in this build") from exc
     out = Path(args.out) if args.out else Path(args.artifact) / "report.html"
     if out.suffix != ".html":
-        raise CliError(f"report path {out} must end in .html (the JSON twin is written beside it)")
+        raise CliError(f"report path {quote_path(out)} must end in .html (the JSON twin is written beside it)")
     with OutputPlan() as plan:
         staged = plan.file(out, "report file")
-        with console.step(f"loading {args.artifact}"):
+        with console.step(f"loading {quote_path(args.artifact)}"):
             cm = load_compiled(args.artifact)
-        with console.step(f"writing {out}"):
+        with console.step(f"writing {quote_path(out)}"):
             write_report(cm, staged)
     data = {"ok": True, "report": str(out.absolute()), "json": str(out.absolute().with_suffix(".json"))}
-    console.result(f"wrote {out}", data)
+    console.result(f"wrote {quote_path(out)}", data)
     return 0

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, check_inputs_match, load_compiled
+from autoglm.cli.common import (CliError, Console, OutputPlan, UsageError, check_inputs_match, load_compiled,
+                                quote_path)
 from autoglm.model_loading import load_example_inputs
 
 __all__ = ["add_parser", "run", "save_outputs"]
@@ -88,10 +89,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     if args.output and Path(args.output).suffix not in OUTPUT_SUFFIXES:
-        raise UsageError(f"--output {args.output}: use one of {', '.join(OUTPUT_SUFFIXES)}")
+        raise UsageError(f"--output {quote_path(args.output)}: use one of {', '.join(OUTPUT_SUFFIXES)}")
     with OutputPlan() as plan:
         staged = plan.file(args.output, "--output file") if args.output else None
-        with console.step(f"loading {args.artifact}"):
+        with console.step(f"loading {quote_path(args.artifact)}"):
             cm = load_compiled(args.artifact)
         inputs = load_example_inputs(args.inputs)
         check_inputs_match(cm, inputs.args, inputs.kwargs, args.microbatches if args.nproc > 1 else 1)
@@ -107,6 +108,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     data = {"ok": True, "outputs": {k: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
                                     for k, t in named.items()},
             "output_file": str(Path(args.output).absolute()) if args.output else None}
-    text = _summary(named) + (f"\nwrote {args.output}" if args.output else "")
+    text = _summary(named) + (f"\nwrote {quote_path(args.output)}" if args.output else "")
     console.result(text, data)
     return 0
