@@ -86,3 +86,25 @@ def test_fx_wrapped_functions_need_trust_remote_code(tmp_path: Path) -> None:
         autoglm.load(tmp_path / "a")
     trusted = autoglm.load(tmp_path / "a", trust_remote_code=True)
     torch.testing.assert_close(trusted(x), model(x))
+
+
+def test_cli_trust_remote_code_flag(tmp_path: Path) -> None:
+    """``autoglm inspect DIR`` refuses a graph calling a user function; ``--trust-remote-code`` loads it."""
+    import os
+    import subprocess
+    import sys
+
+    import autoglm
+    from tests.hostile.wrapped import UsesWrapped
+
+    autoglm.compile(UsesWrapped().eval(), (torch.randn(2, 4),), passes="none", frontend="symbolic").save(tmp_path / "a")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}  # where the user's own module lives
+    cli = Path(sys.executable).parent / "autoglm"
+    refused = subprocess.run([str(cli), "inspect", str(tmp_path / "a")], capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert refused.returncode == 1 and "--trust-remote-code" in refused.stderr
+    trusted = subprocess.run([str(cli), "inspect", str(tmp_path / "a"), "--trust-remote-code"], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "scaled_gelu" in trusted.stdout

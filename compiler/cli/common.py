@@ -295,7 +295,7 @@ def check_inputs_match(cm: Any, args: tuple, kwargs: dict, microbatches: int = 1
                            f"{describe_tensors([got])}{per}; compile again with inputs of this shape/dtype")
 
 
-def load_compiled(path: str | os.PathLike) -> Any:
+def load_compiled(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
     """``autoglm.load`` with the artifact errors turned into one-line CLI errors."""
     import autoglm
 
@@ -308,7 +308,7 @@ def load_compiled(path: str | os.PathLike) -> Any:
     from autoglm.graph_io import UnsafeArtifactError
 
     try:
-        return autoglm.load(p)
+        return autoglm.load(p, trust_remote_code=trust_remote_code)
     except (ArtifactError, UnsafeArtifactError):
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged artifact fails in many ways

@@ -14,6 +14,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", parents=parents, help="export a compiled artifact to ONNX",
                        description="Export an artifact folder to an ONNX file, checked in onnxruntime.")
     p.add_argument("artifact", metavar="DIR", help="artifact folder written by autoglm compile --out")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="the artifact may run code: resolve torch.fx.wrap functions by importing them (docs/security.md)")
     p.add_argument("--onnx", metavar="FILE", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, help="ai.onnx opset (default: the exporter's)")
     p.add_argument("--static", action="store_true", help="export fixed shapes (no dynamic batch/sequence axes)")
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with OutputPlan() as plan:
         staged = plan.file(args.onnx, "--onnx file")
         with console.step(f"loading {quote_path(args.artifact)}"):
-            cm = load_compiled(args.artifact)
+            cm = load_compiled(args.artifact, args.trust_remote_code)
         with console.step(f"exporting to {quote_path(args.onnx)} (with onnxruntime parity checks)"):
             try:
                 result = export_onnx(cm, staged, **options)

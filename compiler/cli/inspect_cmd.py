@@ -20,7 +20,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("target", metavar="MODEL|DIR", help="a model file (as for compile) or an artifact folder")
     p.add_argument("--example-inputs", metavar="FILE", help="inputs for a model file (.pt2 carries its own)")
     p.add_argument("--model", dest="factory", metavar="PKG.MODULE:FACTORY", help="builds the model for a state dict")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow whole-module pickles and TorchScript")
+    p.add_argument("--trust-remote-code", action="store_true", help="the file may run code: allow whole-module pickles, TorchScript and "
+                   "torch.fx.wrap functions (docs/security.md)")
     p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf weights (warns)")
     p.set_defaults(handler=run)
 
@@ -29,11 +30,8 @@ def _load(args: argparse.Namespace, console: Console) -> Any:
     target = Path(args.target)
     if target.is_dir():
         with console.step(f"loading {quote_path(target)}"):
-            cm = load_compiled(target)
-        from autoglm.cost import CostModel
-
-        CostModel("analytic").annotate_costs(cm.graph_module)  # artifacts store shapes, not costs
-        return cm
+            cm = load_compiled(target, args.trust_remote_code)
+        return cm  # shapes and costs come from the artifact: nothing runs
     import autoglm
 
     with console.step(f"loading {quote_path(target)}"):

@@ -14,6 +14,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("report", parents=parents, help="write the HTML report of a compiled artifact",
                        description="Write the HTML report (and its JSON twin) for an artifact folder.")
     p.add_argument("artifact", metavar="DIR", help="artifact folder written by autoglm compile --out")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="the artifact may run code: resolve torch.fx.wrap functions by importing them (docs/security.md)")
     p.add_argument("--out", metavar="FILE", help="report path (default DIR/report.html)")
     p.set_defaults(handler=run)
 
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with OutputPlan() as plan:
         staged = plan.file(out, "report file")
         with console.step(f"loading {quote_path(args.artifact)}"):
-            cm = load_compiled(args.artifact)
+            cm = load_compiled(args.artifact, args.trust_remote_code)
         with console.step(f"writing {quote_path(out)}"):
             write_report(cm, staged)
     data = {"ok": True, "report": str(out.absolute()), "json": str(out.absolute().with_suffix(".json"))}

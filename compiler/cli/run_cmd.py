@@ -21,6 +21,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", parents=parents, help="run a compiled artifact on inputs",
                        description="Load an artifact folder and run it on the inputs in FILE.")
     p.add_argument("artifact", metavar="DIR", help="artifact folder written by autoglm compile --out")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="the artifact may run code: resolve torch.fx.wrap functions by importing them (docs/security.md)")
     p.add_argument("--inputs", metavar="FILE", required=True, help="inputs as .pt, .npz or .safetensors")
     p.add_argument("--output", metavar="FILE", help="save the outputs (.pt, .npz or .safetensors)")
     p.add_argument("--nproc", metavar="K", type=int, default=1,
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with OutputPlan() as plan:
         staged = plan.file(args.output, "--output file") if args.output else None
         with console.step(f"loading {quote_path(args.artifact)}"):
-            cm = load_compiled(args.artifact)
+            cm = load_compiled(args.artifact, args.trust_remote_code)
         inputs = load_example_inputs(args.inputs)
         check_inputs_match(cm, inputs.args, inputs.kwargs, args.microbatches if args.nproc > 1 else 1)
         with console.step("running" if args.nproc == 1 else f"running on {args.nproc} pipeline stages"):
