@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import autoglm  # noqa: E402
-from autoglm.program import Program  # noqa: E402
+from autoglm.program.program import Program  # noqa: E402
 from examples.branching import TopKExperts  # noqa: E402
 
 torch.set_num_threads(1)

@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = pin_threads()
     model, inputs = bert_base_encoder(layers=args.layers, seq=args.seq)
-    autoglm.cost.machine_profile()  # measured once per machine and cached on disk; not compile work
+    autoglm.cost.model.machine_profile()  # measured once per machine and cached on disk; not compile work
     with torch.no_grad():
         model(*inputs)
         t0 = time.perf_counter()

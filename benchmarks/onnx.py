@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import autoglm  # noqa: E402
-from autoglm.onnx_check import int8_kernel_report  # noqa: E402
+from autoglm.export.onnx.check import int8_kernel_report  # noqa: E402
 from autoglm.runtime.onnxruntime import OrtExecutor  # noqa: E402
 from examples.models import TransformerEncoder, _init  # noqa: E402
 

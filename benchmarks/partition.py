@@ -17,7 +17,7 @@ Pipeline (GPT-2, ResNet, Inception, GoogLeNet): the same graph compiled with
 and by ``even`` (the equal-parameter split torch.distributed.pipelining's
 ``split_into_equal_size`` makes), run as 2 gloo stage processes with the same
 schedule, microbatches and 1 thread each; steps/s ratio. Stage times are
-predicted before the runs (``autoglm.stage_time``: node costs timed in context
+predicted before the runs (``autoglm.cost.stage_time``: node costs timed in context
 at microbatch size + a calibrated per-op/per-call correction) and printed
 against each stage's forward time run alone here and inside the pipeline (wall
 and CPU), with the error %, the analytic roofline beside them for reference.
@@ -39,9 +39,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import autoglm  # noqa: E402
-from autoglm.passes.partition import Partition  # noqa: E402
+from autoglm.passes.partition.partition import Partition  # noqa: E402
 from autoglm.runtime.local import LocalExecutor  # noqa: E402
-from autoglm.runtime.partition_graphs import node_partitions, partition_order  # noqa: E402
+from autoglm.ir.partitions import node_partitions, partition_order  # noqa: E402
 from examples.graphs import (BENCHMARK_GRAPHS, BRANCHY_GRAPHS, googlenet, gpt2_decoder, inception_net,  # noqa: E402
                              resnet_cnn)
 from tests.pass_check import capture_for_test  # noqa: E402
@@ -104,9 +104,9 @@ def _predict(cm, inputs, microbatches: int, calibration):
     """Each stage's forward time per step, predicted before the pipeline runs.
 
     Measured node costs at microbatch size plus the calibrated per-op/per-call
-    correction (``autoglm.stage_time``); the analytic roofline for reference.
+    correction (``autoglm.cost.stage_time``); the analytic roofline for reference.
     """
-    from autoglm.stage_time import predict_stage_times
+    from autoglm.cost.stage_time import predict_stage_times
 
     mb_inputs = [t[: t.shape[0] // microbatches] for t in inputs]
     measured = predict_stage_times(cm.graph_module, mb_inputs, microbatches, cost="measured", calibration=calibration)
@@ -122,7 +122,7 @@ def _alone(cm, inputs, microbatches: int, repeats: int = 15) -> tuple[list[float
     CPU time (``time.thread_time``) leaves out time the process was preempted by
     others' work on a shared machine; wall time does not.
     """
-    from autoglm.runtime.partition_graphs import extract_stages
+    from autoglm.ir.partitions import extract_stages
 
     args = [t[: t.shape[0] // microbatches] for t in inputs]
     wall, cpu = [], []
@@ -146,8 +146,8 @@ def _err(pred: float, meas: float) -> float:
 
 
 def pipeline(rounds: int, steps: int, microbatches: int, schedule: str, only: str = "") -> None:
-    from autoglm.runtime.pipeline import run_pipeline
-    from autoglm.stage_time import calibrate_dispatch
+    from autoglm.runtime.pipeline.driver import run_pipeline
+    from autoglm.cost.stage_time import calibrate_dispatch
 
     work = Path(tempfile.mkdtemp(prefix="autoglm-bench-"))
     cases = {"gpt2-12 (chain)": lambda: gpt2_decoder(batch=8, seq=64),

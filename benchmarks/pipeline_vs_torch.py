@@ -8,13 +8,13 @@ Both sides run the same model (same seed, same weights), the same full batch,
 ``OMP_NUM_THREADS=1``), the same schedule (``ScheduleGPipe`` / ``Schedule1F1B``,
 forward only via ``schedule.eval``), microbatches, warm-up and measured steps.
 Steps/s = measured steps / summed wall time of ``schedule.eval`` on the last
-stage, as ``autoglm.runtime.pipeline_worker`` reports it. Runs are interleaved
+stage, as ``autoglm.runtime.pipeline.worker`` reports it. Runs are interleaved
 round by round (ours, torch, ours, torch, ...) so load drifts hit both alike.
 
 * **autoglm**: ``autoglm.compile(model, microbatch_inputs,
   passes="partition(k=2,contiguous=True)")`` (louvain), saved, then
-  ``autoglm.runtime.pipeline.run_pipeline`` (torchrun +
-  ``autoglm.runtime.pipeline_worker``).
+  ``autoglm.runtime.pipeline.driver.run_pipeline`` (torchrun +
+  ``autoglm.runtime.pipeline.worker``).
 * **torch**: ``torch.distributed.pipelining.pipeline(model, microbatch_args,
   split_policy=split_into_equal_size(2))``, then ``pipe.build_stage(rank, cpu)``
   in a torchrun worker (this file, ``--worker``). torch 2.13 no longer ships
@@ -262,7 +262,7 @@ def main() -> None:
 
 def compare(graphs: list[str], args: argparse.Namespace) -> None:
     import autoglm
-    from autoglm.runtime.pipeline import PipelineFault, run_pipeline
+    from autoglm.runtime.pipeline.driver import PipelineFault, run_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="autoglm-vs-torch-"))
     batch = args.microbatch_size * args.microbatches

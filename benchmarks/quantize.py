@@ -31,7 +31,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import autoglm  # noqa: E402
-from autoglm.passes.quantize import Quantize  # noqa: E402
+from autoglm.passes.quantize.quantize import Quantize  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.", "A man is playing a guitar on stage.",

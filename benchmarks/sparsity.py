@@ -95,7 +95,7 @@ class FFN(nn.Module):
 
 def _format_modules(weight: torch.Tensor, bias: torch.Tensor) -> dict[str, nn.Module]:
     from autoglm.ir.sparse_modules import BsrLinear, CsrLinear
-    from autoglm.passes.sparse_format import dense_linear
+    from autoglm.passes.sparsify.formats import dense_linear
 
     mods: dict[str, nn.Module] = {"csr": CsrLinear.from_dense(weight, bias)}
     blocks = weight.reshape(weight.shape[0] // 16, 16, -1, 16).ne(0).any(3).any(1).float().mean()

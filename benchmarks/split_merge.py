@@ -35,12 +35,12 @@ if str(ROOT) not in sys.path:
 
 import autoglm  # noqa: E402
 from autoglm.capture import capture  # noqa: E402
-from autoglm.cost import CostModel  # noqa: E402
+from autoglm.cost.model import CostModel  # noqa: E402
 from autoglm.ir.annotate import annotate  # noqa: E402
 from autoglm.ir.meta import iter_compute_nodes, output_specs  # noqa: E402
 from autoglm.ir.pass_base import PassContext  # noqa: E402
-from autoglm.pass_manager import PassManager  # noqa: E402
-from autoglm.passes.split_merge import SplitMerge  # noqa: E402
+from autoglm.ir.pass_manager import PassManager  # noqa: E402
+from autoglm.passes.split_merge.split_merge import SplitMerge  # noqa: E402
 from examples.models import bert_base_encoder, small_transformer, wide_mlp  # noqa: E402
 
 

@@ -3,19 +3,48 @@
     import autoglm
     cm = autoglm.compile(model, (x,), passes="default")
     y = cm(x)
+
+The names below are re-exported lazily (PEP 562): ``import autoglm.runtime.direct``
+or any other submodule loads only what that module imports, never the API and
+every pass (docs/architecture.md has the layers).
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-# Order matters: the IR helpers have no dependency on the rest of the package and
-# the passes import them while this package is still initialising.
-from autoglm.ir.pass_base import GraphPass, PassContext, PassResult  # noqa: E402
-from autoglm.capture import CaptureError  # noqa: E402
-from autoglm.spec import SpecError  # noqa: E402
-from autoglm.compiled import CompiledModel  # noqa: E402
-from autoglm.api import compile, load  # noqa: E402
-from autoglm.finetune import finetune_sparse  # noqa: E402
+from autoglm._version import __version__
 
-__all__ = ["compile", "load", "CompiledModel", "CaptureError", "SpecError", "GraphPass", "PassContext",
+__all__ = ["compile", "load", "CompiledModel", "Compiled", "CaptureError", "SpecError", "GraphPass", "PassContext",
            "PassResult", "finetune_sparse", "__version__"]
+
+_EXPORTS = {
+    "compile": "autoglm.api.entry",
+    "load": "autoglm.api.entry",
+    "CompiledModel": "autoglm.driver.compiled",
+    "Compiled": "autoglm.driver.compiled",
+    "CaptureError": "autoglm.capture.errors",
+    "SpecError": "autoglm.passes.spec",
+    "GraphPass": "autoglm.ir.pass_base",
+    "PassContext": "autoglm.ir.pass_base",
+    "PassResult": "autoglm.ir.pass_base",
+    "finetune_sparse": "autoglm.api.finetune",
+}
+
+
+_SUBPACKAGES = ("ir", "capture", "cost", "loading", "artifacts", "passes", "runtime", "export", "report", "driver",
+                "program", "api", "cli")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:  # ``autoglm.passes.REGISTRY`` after a bare ``import autoglm``
+        return importlib.import_module(f"autoglm.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'autoglm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,9 +15,9 @@ __all__ = ["TransformerEncoder", "SmallCNN", "small_transformer", "small_cnn", "
 
 # The small transformer lives in the package so the installed ``autoglm demo`` can
 # build it; re-exported here so everything uses the one model.
-from autoglm.demo_models import EncoderLayer, MultiHeadAttention, TransformerEncoder  # noqa: E402,F401
-from autoglm.demo_models import init_weights as _init  # noqa: E402
-from autoglm.demo_models import small_transformer  # noqa: E402,F401
+from autoglm.api.demo_models import EncoderLayer, MultiHeadAttention, TransformerEncoder  # noqa: E402,F401
+from autoglm.api.demo_models import init_weights as _init  # noqa: E402
+from autoglm.api.demo_models import small_transformer  # noqa: E402,F401
 
 
 class SmallCNN(nn.Module):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.eliminate_dead_code import EliminateDeadCode
-from autoglm.passes.partition import Partition
-from autoglm.passes.quantize import Quantize
-from autoglm.passes.quantize_lower import QuantizeLower
-from autoglm.passes.split_merge import SplitMerge
-from autoglm.passes.sparsify import Sparsify
+from autoglm.passes.partition.partition import Partition
+from autoglm.passes.quantize.quantize import Quantize
+from autoglm.passes.quantize.lower import QuantizeLower
+from autoglm.passes.split_merge.split_merge import SplitMerge
+from autoglm.passes.sparsify.sparsify import Sparsify
 
 __all__ = ["REGISTRY", "GraphPass", "PassContext", "PassResult"]
 

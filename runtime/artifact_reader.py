@@ -1,6 +1,6 @@
 """Read a saved artifact's graph at the IR level, for processes that run it (pipeline workers).
 
-One reader for every process: this goes through ``autoglm.artifacts.load_artifact``
+One reader for every process: this goes through ``autoglm.artifacts.directory.load_artifact``
 (version check, bounded readers, the exact op table), not a copy of it. Only the
 flat graph comes back: the caller passes flat tensors.
 """
@@ -11,7 +11,7 @@ import os
 import torch
 import torch.fx as fx
 
-from autoglm.artifacts import ArtifactError, load_artifact
+from autoglm.artifacts.directory import ArtifactError, load_artifact
 
 __all__ = ["ArtifactReadError", "read_graph_module", "read_example_inputs"]
 

@@ -2,7 +2,7 @@
 
 The adapter over ``torch.ao`` / ``torch.ops.quantized`` / ``torch._int_mm``
 lives in ``autoglm.ir.int8`` because the quantize passes (which may import only
-``autoglm.ir`` and ``autoglm.cost``) build these modules; runtime code imports
+``autoglm.ir`` and ``autoglm.cost.model``) build these modules; runtime code imports
 them from here so the architecture table ("runtime: int8 kernel adapters")
 holds. There is exactly one implementation.
 """

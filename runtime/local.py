@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch.utils._pytree import tree_map
 
 from autoglm.runtime.compression import BoundaryStats, check_mode, compress, decompress, payload_nbytes
-from autoglm.runtime.partition_graphs import PartModule, extract_partitions, output_names
+from autoglm.ir.partitions import PartModule, extract_partitions, output_names
 
 __all__ = ["LocalExecutor"]
 

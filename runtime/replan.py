@@ -33,15 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-import torch.fx
+
+from autoglm.ir.guards import GuardFailure, check_guard  # graphs call it; the IR layer defines it
 
 __all__ = ["PlanNode", "PlanCache", "PlanLimitError", "GuardFailure", "check_guard", "BranchStats", "ReplanStats", "ON_LIMIT_POLICIES"]
 
 ON_LIMIT_POLICIES = ("eager", "error")
-
-
-class GuardFailure(RuntimeError):
-    """A stitched single-path graph was called with an input that takes another path."""
 
 
 class PlanLimitError(RuntimeError):
@@ -328,11 +325,3 @@ class PlanCache:
         node = self._build(parent, outcome, flat, env, compile)
         node.parent, node.outcome = parent, outcome
         return node
-
-
-@torch.fx.node.has_side_effect
-def check_guard(value: Any, expected: Any, where: str) -> None:
-    """A guard in a stitched path graph: fail loudly when the input leaves the path."""
-    got = int(value) if isinstance(expected, int) and not isinstance(expected, bool) else bool(value)
-    if got != expected:
-        raise GuardFailure(f"input leaves this path at {where}: expected {expected!r}, got {got!r}")

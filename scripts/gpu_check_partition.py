@@ -50,7 +50,7 @@ def main() -> int:
         print("no CUDA device: nothing to check here (the CPU test suite covers the CPU paths)")
         return 0
     import autoglm
-    from autoglm.runtime.pipeline import run_pipeline
+    from autoglm.runtime.pipeline.driver import run_pipeline
     from examples.graphs import gpt2_decoder
 
     report: dict[str, Any] = {"gpus": torch.cuda.device_count(), "device": torch.cuda.get_device_name(0)}

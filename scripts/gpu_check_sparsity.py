@@ -47,7 +47,7 @@ def _time_cuda(fn: Any, repeats: int = 30) -> float:
 
 def check_kernels(dtype: torch.dtype, batches: list[int]) -> list[dict]:
     from autoglm.ir.sparse_modules import SemiStructuredLinear
-    from autoglm.passes.sparsify import nm_mask
+    from autoglm.passes.sparsify.sparsify import nm_mask
 
     rows = []
     for out_f, in_f in SHAPES:

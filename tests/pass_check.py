@@ -13,11 +13,11 @@ import torch
 import torch.fx as fx
 
 from autoglm.capture import capture
-from autoglm.cost import CostModel
+from autoglm.cost.model import CostModel
 from autoglm.ir.annotate import annotate
 from autoglm.ir.fingerprint import graph_fingerprint
 from autoglm.ir.pass_base import GraphPass, PassContext
-from autoglm.pass_manager import PassManager, sqnr_db
+from autoglm.ir.pass_manager import PassManager, sqnr_db
 
 
 def capture_for_test(model: torch.nn.Module, inputs: tuple, devices: Sequence[str] = ("cpu",),

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import autoglm
-from autoglm.artifacts import ArtifactError
-from autoglm.graph_io import UnsafeArtifactError
+from autoglm.artifacts.directory import ArtifactError
+from autoglm.artifacts.graph_json import UnsafeArtifactError
 from examples.models import small_cnn, small_transformer
 
 
@@ -30,7 +30,7 @@ def test_round_trip(tmp_path, factory, frontend):
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     model, inputs = small_cnn()
     cm = autoglm.compile(model, inputs)
-    import autoglm.artifacts as art
+    import autoglm.artifacts.directory as art
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -90,3 +90,23 @@ def test_plan_survives_save_and_load(tmp_path):
     cm.save(tmp_path / "art")
     loaded = autoglm.load(tmp_path / "art")
     assert loaded.plan is not None and loaded.plan.to_json() == cm.plan.to_json()
+
+
+def test_artifacts_naming_moved_functions_by_their_old_path_still_load(tmp_path):
+    """check_guard moved from autoglm.runtime.replan to autoglm.ir.guards; saved graphs may name the old path."""
+    import json
+
+    from autoglm.ir.guards import check_guard
+
+    model = torch.nn.Linear(4, 4).eval()
+    autoglm.compile(model, (torch.randn(2, 4),), passes="none").save(tmp_path / "a")
+    doc = json.loads((tmp_path / "a" / "graph.json").read_text())
+    nodes = doc["graph"]["nodes"]
+    ph = next(n for n in nodes if n["op"] == "placeholder")["name"]
+    nodes.insert(len(nodes) - 1, {"name": "guard", "op": "call_function",
+                                  "target": {"fn": "autoglm.runtime.replan.check_guard"},
+                                  "args": {"__tuple__": [{"__node__": ph}, True, "old.py:1"]},
+                                  "kwargs": {"__dict__": []}, "ann": None, "stack_trace": None, "type": None})
+    (tmp_path / "a" / "graph.json").write_text(json.dumps(doc))
+    loaded = autoglm.load(tmp_path / "a")
+    assert any(n.target is check_guard for n in loaded.graph_module.graph.nodes)

@@ -1,7 +1,7 @@
 """torch.compile(backend="autoglm") runs Dynamo subgraphs through the pipeline."""
 import torch.nn as nn
 
-from autoglm.backend import make_backend
+from autoglm.api.backend import make_backend
 from autoglm.ir.pass_base import GraphPass, PassResult
 from examples.models import small_transformer
 

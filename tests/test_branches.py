@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import autoglm
-from autoglm.program import Program
+from autoglm.program.program import Program
 from autoglm.runtime.replan import GuardFailure, PlanLimitError
 from examples.branching import TopKExperts
 
@@ -383,8 +383,8 @@ def test_calibration_reaches_every_segment_of_a_branching_model():
 
 
 def test_every_compiled_object_is_a_compiled_without_name_only_inheritance(tmp_path):
-    from autoglm.compiled import Compiled, CompiledModel
-    from autoglm.program import Program
+    from autoglm.driver.compiled import Compiled, CompiledModel
+    from autoglm.program.program import Program
 
     class Sign(torch.nn.Module):
         def forward(self, x):

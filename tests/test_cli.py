@@ -160,7 +160,7 @@ def test_run_checks_input_shape_and_nproc(saved, tmp_path, capsys):
 
 def test_pipeline_run_checks_shapes_per_microbatch(saved, tmp_path, capsys, monkeypatch):
     """Pipelines are compiled at microbatch size and fed the whole batch: the check is per microbatch."""
-    pipe = pytest.importorskip("autoglm.runtime.pipeline")
+    pipe = pytest.importorskip("autoglm.runtime.pipeline.driver")
     out = tmp_path / "o"
     assert main(["compile", str(saved / "cnn.pt2"), "--passes", "dce", "--out", str(out), "-q"]) == 0
     monkeypatch.setattr(pipe, "run_pipeline", lambda artifact_dir, inputs, nproc, schedule, microbatches:
@@ -176,7 +176,7 @@ def test_pipeline_run_checks_shapes_per_microbatch(saved, tmp_path, capsys, monk
 
 def test_run_nproc_calls_the_pipeline_runner(saved, tmp_path, capsys, monkeypatch):
     """The CLI wiring only (flat inputs in, structured outputs out); the runner has its own tests."""
-    pipe = pytest.importorskip("autoglm.runtime.pipeline")
+    pipe = pytest.importorskip("autoglm.runtime.pipeline.driver")
     out = tmp_path / "o"
     assert main(["compile", str(saved / "cnn.pt2"), "--passes", "dce", "--out", str(out), "-q"]) == 0
     calls = {}

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autoglm import cost as cost_mod
-from autoglm.cost import CostModel, MachineProfile, machine_profile, measure_machine
+from autoglm.cost import model as cost_mod
+from autoglm.cost.model import CostModel, MachineProfile, machine_profile, measure_machine
 from autoglm.ir.annotate import AnnotatingInterpreter
 from autoglm.ir.meta import annotation, iter_compute_nodes
-from autoglm.pass_manager import PassManager
-from autoglm.passes.split_merge import SplitMerge
+from autoglm.ir.pass_manager import PassManager
+from autoglm.passes.split_merge.split_merge import SplitMerge
 from examples.models import small_transformer
 from tests.pass_check import capture_for_test
 
@@ -135,7 +135,7 @@ def test_unknown_cost_kind_is_refused():
 
 def test_analytic_plans_do_not_depend_on_the_machine_profile_cache(tmp_path, monkeypatch):
     """The default analytic model uses the fixed reference profile, never a measured or cached one."""
-    from autoglm.cost import REFERENCE_PROFILE
+    from autoglm.cost.model import REFERENCE_PROFILE
 
     monkeypatch.setenv("AUTOGLM_CACHE", str(tmp_path))
     monkeypatch.setattr(cost_mod, "_PROFILE", FIXED)  # a profile measured earlier in this process

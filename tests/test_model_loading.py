@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 from autoglm.cli.main import main
-from autoglm.pt2_checks import check_guard as _check_guard, check_sympy_expr as _check_sympy_expr
-from autoglm.model_loading import (ModelLoadError, UnsafeFileError,
+from autoglm.loading.pt2_checks import check_guard as _check_guard, check_sympy_expr as _check_sympy_expr
+from autoglm.loading.model_files import (ModelLoadError, UnsafeFileError,
                                    load_example_inputs, load_model)
 from examples.models import small_cnn
 

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 
 import autoglm
-from autoglm.onnx_check import OnnxParityError, random_like
-from autoglm.onnx_export import OnnxExportError, attach_onnxruntime, export_artifact, export_onnx
+from autoglm.export.onnx.check import OnnxParityError, random_like
+from autoglm.api.entry import load
+from autoglm.export.onnx.export import OnnxExportError, attach_onnxruntime, export_onnx
 from autoglm.runtime.onnxruntime import OrtExecutor, OrtInputError
 from examples.models import small_cnn, small_transformer
 
@@ -124,7 +125,7 @@ def test_loaded_artifact_exports_with_external_data(tmp_path):
     model, (x,) = small_cnn()
     autoglm.compile(model, (x,)).save(tmp_path / "artifact")
     out = tmp_path / "onnx" / "cnn.onnx"
-    result = export_artifact(tmp_path / "artifact", out, external_data=True)
+    result = export_onnx(load(tmp_path / "artifact"), out, external_data=True)
     assert result.external_data == ["cnn.onnx.data"]
     assert (out.parent / "cnn.onnx.data").is_file()
     assert out.stat().st_size < (out.parent / "cnn.onnx.data").stat().st_size  # the weights went out
@@ -278,7 +279,7 @@ def test_int8_modules_export_as_fused_qdq(tmp_path):
     import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers quantized_decomposed ops
 
     from autoglm.ir.meta import annotation
-    from autoglm.onnx_check import int8_kernel_report
+    from autoglm.export.onnx.check import int8_kernel_report
 
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
     x = torch.randn(6, 32)
@@ -309,7 +310,7 @@ def test_int8_modules_export_as_fused_qdq(tmp_path):
 
 
 def test_quantize_pass_exports_as_qdq(tmp_path):
-    from autoglm.onnx_check import int8_kernel_report
+    from autoglm.export.onnx.check import int8_kernel_report
     from autoglm.passes import REGISTRY
 
     if "quantize" not in REGISTRY:
@@ -407,7 +408,7 @@ def test_dynamic_int8_linear_bias_fuses_into_ort_kernel(tmp_path):
 
 
 def test_gpt2_int8_export_runs_int8_kernels(tmp_path):
-    from autoglm.onnx_check import int8_kernel_report
+    from autoglm.export.onnx.check import int8_kernel_report
 
     model, kwargs = _hf("gpt2")
     cm = autoglm.compile(model, kwargs, passes="quantize(progress=False)")
@@ -423,7 +424,7 @@ def test_gpt2_int8_export_runs_int8_kernels(tmp_path):
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_unlowered_qdq_graph_exports_like_lowered(mode, tmp_path):
-    from autoglm.onnx_check import int8_kernel_report
+    from autoglm.export.onnx.check import int8_kernel_report
 
     model, inputs = small_transformer(batch=2, seq=16)
     cm = autoglm.compile(model, inputs, passes=f"quantize(progress=False,lower=False,mode={mode})")
@@ -458,8 +459,8 @@ def test_int8_export_is_exact_in_onnxruntime_worst_case(pattern, tmp_path):
     (so the file itself is exact, not just our executor). Scales are powers of two: the float
     outputs are the integer sums times 2^-k, exactly."""
     from autoglm.ir.int8 import Int8Conv2d, Int8Linear
-    from autoglm.onnx_check import int8_kernel_report
-    from autoglm.onnx_export import ExportOptions, export_graph
+    from autoglm.export.onnx.check import int8_kernel_report
+    from autoglm.export.onnx.export import ExportOptions, export_graph
     from autoglm.runtime.onnxruntime import OrtOptions
 
     gen = torch.Generator().manual_seed(0)
@@ -513,7 +514,7 @@ def test_store_weights_uint8_keeps_values_and_leaves_other_int8_alone():
     import onnxruntime as ort
     from onnx import TensorProto as T, helper, numpy_helper
 
-    from autoglm.onnx_int8 import store_weights_uint8
+    from autoglm.export.onnx.int8 import store_weights_uint8
 
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, (8, 4)).astype(np.int8)

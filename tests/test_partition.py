@@ -6,11 +6,11 @@ import torch
 import torch.nn as nn
 
 from autoglm.ir.meta import annotation, iter_compute_nodes, output_specs
-from autoglm.pass_manager import PassManager
+from autoglm.ir.pass_manager import PassManager
 from autoglm.passes import REGISTRY
-from autoglm.passes.partition import Partition, PartitionError
+from autoglm.passes.partition.partition import Partition, PartitionError
 from autoglm.runtime.local import LocalExecutor
-from autoglm.runtime.partition_graphs import extract_stages, partition_order, node_partitions
+from autoglm.ir.partitions import extract_stages, partition_order, node_partitions
 from examples.graphs import deep_decoder, gpt2_decoder, inception_net, moe_block
 from examples.models import small_transformer
 from tests.pass_check import capture_for_test

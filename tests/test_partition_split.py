@@ -5,10 +5,10 @@ import torch.nn as nn
 
 import autoglm
 from autoglm.ir.meta import annotation
-from autoglm.pass_manager import PassManager
-from autoglm.passes.partition import Partition
+from autoglm.ir.pass_manager import PassManager
+from autoglm.passes.partition.partition import Partition
 from autoglm.runtime.local import LocalExecutor
-from autoglm.runtime.partition_graphs import extract_stages
+from autoglm.ir.partitions import extract_stages
 from examples.graphs import resnet_cnn
 from tests.pass_check import capture_for_test
 from tests.test_partition import _check_valid
@@ -80,7 +80,7 @@ def test_split_graph_compiles_saves_loads_and_runs_as_a_pipeline_chain(tmp_path)
 
 
 def test_fill_formulas_agree():
-    from autoglm.passes.partition_refine import balanced_stage_cost, effective_costs, min_max_cap
+    from autoglm.passes.partition.refine import balanced_stage_cost, effective_costs, min_max_cap
 
     total, k, fill = 12.0, 3, 0.25
     t = balanced_stage_cost(total, k, fill)
@@ -133,7 +133,7 @@ def test_microbatches_only_matter_for_contiguous_pipelines():
 
 
 def test_a_split_that_moves_the_outputs_is_refused_and_the_graph_kept(monkeypatch):
-    import autoglm.passes.partition as partition_module
+    import autoglm.passes.partition.partition as partition_module
 
     real = partition_module._reannotate
 
@@ -153,8 +153,8 @@ def test_a_split_that_moves_the_outputs_is_refused_and_the_graph_kept(monkeypatc
 
 
 def test_batched_matmul_balance_splits_use_contiguous_slices():
-    from autoglm.passes.partition_refine import build_unit_graph
-    from autoglm.passes.partition_split import balance_splits
+    from autoglm.passes.partition.refine import build_unit_graph
+    from autoglm.passes.partition.split import balance_splits
 
     class Scores(nn.Module):
         def forward(self, a, b):

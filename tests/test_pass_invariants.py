@@ -8,7 +8,7 @@ import torch.nn as nn
 import autoglm
 from autoglm.ir.effects import has_side_effects
 from autoglm.ir.pass_base import GraphPass, PassError, PassResult
-from autoglm.pass_manager import PassManager
+from autoglm.ir.pass_manager import PassManager
 from tests.pass_check import capture_for_test
 
 
@@ -117,7 +117,7 @@ def test_the_shape_check_fires_on_a_node_never_annotated() -> None:
 @pytest.mark.parametrize("spec", ["partition(method=spectral)", "partition(k=0)", "quantize(mode=fast)",
                                   "quantize(observer=max)"])
 def test_bad_options_fail_before_the_model_runs(spec: str) -> None:
-    from autoglm.spec import SpecError
+    from autoglm.passes.spec import SpecError
 
     class Exploding(nn.Module):
         def forward(self, x):

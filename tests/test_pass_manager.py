@@ -8,9 +8,9 @@ import torch.nn as nn
 import autoglm
 from autoglm.ir.meta import annotation
 from autoglm.ir.pass_base import GraphPass, NodeError, PassError, PassResult
-from autoglm.pass_manager import PassManager
-from autoglm.pipeline import resolve_passes
-from autoglm.spec import SpecError, parse_spec
+from autoglm.ir.pass_manager import PassManager
+from autoglm.passes.pipeline import resolve_passes
+from autoglm.passes.spec import SpecError, parse_spec
 from tests.pass_check import capture_for_test
 
 
@@ -154,7 +154,7 @@ def test_spec_parsing_and_errors():
 
 
 def test_option_types_are_checked():
-    from autoglm.spec import build_pass
+    from autoglm.passes.spec import build_pass
 
     reg = {"needs_partitioned": NeedsPartitioned}
     assert build_pass(reg, "needs_partitioned", {"k": 3}).options.k == 3

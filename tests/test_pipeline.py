@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import autoglm
-from autoglm.runtime.pipeline import PipelineFault, run_pipeline
+from autoglm.runtime.pipeline.driver import PipelineFault, run_pipeline
 from examples.models import small_transformer
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import autoglm
-from autoglm.program import Program
+from autoglm.program.program import Program
 from autoglm.runtime.onnxruntime import OrtExecutor
 from tests.test_branches import ContextMemory, Nested, TwoWay, _inputs, _seeded
 

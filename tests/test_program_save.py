@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import autoglm
-from autoglm.artifacts import ArtifactError
-from autoglm.program import Program
-from autoglm.program_io import LoadedProgram, PathNotSavedError
+from autoglm.artifacts.directory import ArtifactError
+from autoglm.program.program import Program
+from autoglm.program.io import LoadedProgram, PathNotSavedError
 from tests.test_branches import EarlyReturn, LoopBranch, Nested, TwoWay, _inputs, _seeded
 
 

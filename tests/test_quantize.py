@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 import autoglm
 from autoglm.ir.int8 import CONV_KERNELS, LINEAR_KERNELS, Int8Conv2d, Int8Embedding, Int8Linear, kernel_exact
-from autoglm.pass_manager import PassManager, sqnr_db
-from autoglm.passes.quantize import Quantize
-from autoglm.passes.quantize_lower import QuantizeLower
-from autoglm.spec import SpecError
+from autoglm.ir.pass_manager import PassManager, sqnr_db
+from autoglm.passes.quantize.quantize import Quantize
+from autoglm.passes.quantize.lower import QuantizeLower
+from autoglm.passes.spec import SpecError
 from examples.models import SmallCNN, small_cnn, small_transformer
 from tests.pass_check import capture_for_test, check_pass, op_sequence
 
@@ -226,7 +226,7 @@ def test_bad_options_fail_with_one_line():
     with pytest.raises(SpecError, match="observer"):
         autoglm.compile(_TwoLinear(), (torch.randn(2, 16),), passes="quantize(observer=median)")
     model, x = _TwoLinear().eval(), torch.randn(2, 16)
-    with pytest.raises(autoglm.pass_manager.PassError, match="calibration batch 0 has 0 inputs"):
+    with pytest.raises(autoglm.ir.pass_manager.PassError, match="calibration batch 0 has 0 inputs"):
         autoglm.compile(model, (x,), passes="quantize", calibration=[()])
 
 

@@ -94,8 +94,8 @@ def _parse(path: Path) -> _Page:
 
 def _devices_and_spec(*wanted: str) -> tuple[list[str], str, list[str]]:
     """The passes among ``wanted`` that are registered now (other engineers add them concurrently)."""
-    from autoglm.pipeline import resolve_passes
-    from autoglm.spec import SpecError
+    from autoglm.passes.pipeline import resolve_passes
+    from autoglm.passes.spec import SpecError
 
     used = []
     for w in wanted:

@@ -75,7 +75,7 @@ def test_load_does_not_run_the_graph(base: Path) -> None:
 def test_fx_wrapped_functions_need_trust_remote_code(tmp_path: Path) -> None:
     """A user function in the graph is user code: refused by default, loadable when the user vouches for it."""
     import autoglm
-    from autoglm.op_table import UnsafeArtifactError
+    from autoglm.loading.op_table import UnsafeArtifactError
     from tests.hostile.wrapped import UsesWrapped
 
     model, x = UsesWrapped().eval(), torch.randn(2, 4)

@@ -100,8 +100,11 @@ def _staging(work: Path) -> list[Path]:
 
 
 def _writing(work: Path) -> list[Path]:
-    # save_artifact's own temporary folder inside the staging one, with a file written in it
-    return [p for p in work.glob(".demo.autoglm-tmp-*/.demo.*/*") if p.is_file()]
+    # save_artifact's own staging folder inside the CLI's one, with a file written in it
+    try:
+        return [p for p in work.glob(".demo.autoglm-tmp-*/.demo.*/**/*") if p.is_file()]
+    except FileNotFoundError:  # a folder vanished while we looked: the next poll sees the new state
+        return []
 
 
 @pytest.mark.parametrize("sig, when", [
@@ -141,7 +144,7 @@ def test_signal_during_compile_leaves_nothing(tmp_path, sig, when):
 @pytest.fixture(scope="module")
 def pipe_artifact(tmp_path_factory):
     import autoglm
-    from autoglm.demo_models import small_transformer
+    from autoglm.api.demo_models import small_transformer
 
     model, inputs = small_transformer(batch=8)
     cm = autoglm.compile(model, inputs, passes="partition(k=2,contiguous=True)", devices=["cpu", "cpu"])
@@ -184,7 +187,7 @@ def test_sigterm_to_pipeline_run_takes_torchrun_and_stages_down(pipe_artifact, t
     proc = _run_pipeline_cli(pipe_artifact, tmp_path, env)
     try:
         # both stage processes started (their command lines name the scratch folder in $TMPDIR)
-        _poll(lambda: len([p for p in _processes_mentioning(str(tmpdir)) if "pipeline_worker" in p
+        _poll(lambda: len([p for p in _processes_mentioning(str(tmpdir)) if "pipeline.worker" in p
                            and "torch.distributed.run" not in p]) >= 2, 240, "two stage processes", proc,
               every=0.02)
         _send(proc, signal.SIGTERM)

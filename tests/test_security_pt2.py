@@ -54,7 +54,7 @@ def test_legitimate_archives_still_load(bases: dict[bool, Path], tmp_path: Path)
 
 
 def test_loaded_archive_matches_eager(bases: dict[bool, Path]) -> None:
-    from autoglm.model_loading import load_model
+    from autoglm.loading.model_files import load_model
 
     loaded = load_model(bases[False])
     torch.manual_seed(0)

@@ -22,9 +22,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from autoglm.bounded_read import check_nesting, loads_json, read_user_file
-from autoglm.config_file import ConfigError, load_config
-from autoglm.model_loading import ModelLoadError, import_factory, load_example_inputs, load_model
+from autoglm.loading.bounded_read import check_nesting, loads_json, read_user_file
+from autoglm.api.config_file import ConfigError, load_config
+from autoglm.loading.model_files import ModelLoadError, import_factory, load_example_inputs, load_model
 
 AUTOGLM = shutil.which("autoglm", path=str(Path(sys.executable).parent)) or shutil.which("autoglm")
 needs_cli = pytest.mark.skipif(AUTOGLM is None, reason="autoglm console script not installed")

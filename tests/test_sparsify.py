@@ -8,15 +8,15 @@ import torch.nn.functional as F
 
 import autoglm
 from autoglm.capture import capture
-from autoglm.cost import CostModel
+from autoglm.cost.model import CostModel
 from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.ir.pass_base import PassContext
 from autoglm.ir.sparse_modules import CsrLinear
-from autoglm.pass_manager import PassManager
+from autoglm.ir.pass_manager import PassManager
 from autoglm.passes import REGISTRY
-from autoglm.passes.sparse_format import choose_format
-from autoglm.passes.sparsify import Sparsify, global_magnitude_masks, nm_mask, parse_pattern
+from autoglm.passes.sparsify.formats import choose_format
+from autoglm.passes.sparsify.sparsify import Sparsify, global_magnitude_masks, nm_mask, parse_pattern
 from examples.models import small_cnn
 from tests.pass_check import check_pass, op_sequence
 
@@ -282,7 +282,7 @@ def test_gpu_check_script_reports_skip_without_cuda(monkeypatch, capsys):
 
 @pytest.mark.parametrize("text", ["formats=[dense,csr]", "formats=dense|csr", "formats=['dense','csr']"])
 def test_formats_option_cli_spellings(text):
-    from autoglm.pipeline import resolve_passes
+    from autoglm.passes.pipeline import resolve_passes
 
     (p,) = resolve_passes(f"sparsify({text})", ["cpu"])
     assert p.options.formats == ["dense", "csr"]

@@ -4,11 +4,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 import autoglm
-from autoglm.cost import MachineProfile
+from autoglm.cost.model import MachineProfile
 from autoglm.ir.meta import annotation
-from autoglm.pass_manager import PassManager
-from autoglm.passes.split_merge import SplitMerge, SplitMergeOptions
-from autoglm.spec import SpecError
+from autoglm.ir.pass_manager import PassManager
+from autoglm.passes.split_merge.split_merge import SplitMerge, SplitMergeOptions
+from autoglm.passes.spec import SpecError
 from examples.models import small_cnn, small_transformer
 from tests.pass_check import capture_for_test, check_pass, op_sequence
 

@@ -1,4 +1,4 @@
-"""Stage-time prediction (autoglm.stage_time): what a prediction is built from, not how fast anything runs."""
+"""Stage-time prediction (autoglm.cost.stage_time): what a prediction is built from, not how fast anything runs."""
 import copy
 import math
 
@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 
 import autoglm
-from autoglm.cost import CostModel
+from autoglm.cost.model import CostModel
 from autoglm.ir.meta import annotation, iter_compute_nodes
-import autoglm.stage_time as stage_time
-from autoglm.stage_time import DispatchCalibration, calibrate_dispatch, predict_stage_times, time_in_context
+import autoglm.cost.stage_time as stage_time
+from autoglm.cost.stage_time import DispatchCalibration, calibrate_dispatch, predict_stage_times, time_in_context
 
 
 def _partitioned(batch: int = 4):

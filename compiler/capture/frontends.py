@@ -61,7 +61,7 @@ def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, fron
     ``frontend`` is ``"auto"`` (try each in order), ``"symbolic"`` or ``"export"``.
     ``branches=True``: when the symbolic frontend fails only on data-dependent
     control flow, return ``Captured(graph_module=None, frontend="branching")``;
-    the caller builds an ``autoglm.program.Program`` from the signature.
+    the caller builds an ``autoglm.program.program.Program`` from the signature.
     """
     kwargs = dict(kwargs or {})
     if not isinstance(model, nn.Module):

@@ -24,7 +24,7 @@ from typing import Any, Iterator, TextIO
 
 import torch
 
-from autoglm.artifacts import replace_dir, signals_deferred
+from autoglm.artifacts.atomic import move_into, replace_dir, signals_deferred
 
 __all__ = ["CliError", "UsageError", "Interrupted", "RUN", "Console", "OutputPlan", "one_line", "printable",
            "quote_path", "describe_tensors", "check_inputs_match", "load_compiled"]
@@ -235,12 +235,7 @@ class OutputPlan:
             replace_dir(staged, final)
             RUN.written.append(final)
         for final, tmp in self._files.items():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            for entry in tmp.iterdir():  # the file plus any sidecars (JSON twin, ONNX external data)
-                dest = final.parent / entry.name
-                if entry.is_dir() and dest.is_dir():
-                    shutil.rmtree(dest)
-                os.replace(entry, dest)
+            move_into(tmp, final.parent)  # the file plus any sidecars (JSON twin, ONNX external data), together
             RUN.written.append(final)
 
     def cleanup(self) -> None:
@@ -297,18 +292,18 @@ def check_inputs_match(cm: Any, args: tuple, kwargs: dict, microbatches: int = 1
 
 def load_compiled(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
     """``autoglm.load`` with the artifact errors turned into one-line CLI errors."""
-    import autoglm
+    from autoglm.api.entry import load
 
     p = Path(path)
     if not p.exists():
         raise CliError(f"artifact folder {quote_path(p)} does not exist")
     if not p.is_dir():
         raise CliError(f"{quote_path(p)} is a file; expected an artifact folder written by autoglm compile --out")
-    from autoglm.artifacts import ArtifactError
-    from autoglm.graph_io import UnsafeArtifactError
+    from autoglm.artifacts.directory import ArtifactError
+    from autoglm.artifacts.graph_json import UnsafeArtifactError
 
     try:
-        return autoglm.load(p, trust_remote_code=trust_remote_code)
+        return load(p, trust_remote_code=trust_remote_code)
     except (ArtifactError, UnsafeArtifactError):
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged artifact fails in many ways

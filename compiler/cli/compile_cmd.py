@@ -11,8 +11,8 @@ import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
 from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, one_line, quote_path
-from autoglm.config_file import CompileConfig, apply_overrides, load_config, passes_from_value
-from autoglm.model_loading import ExampleInputs, load_example_inputs, load_model
+from autoglm.api.config_file import CompileConfig, apply_overrides, load_config, passes_from_value
+from autoglm.loading.model_files import ExampleInputs, load_example_inputs, load_model
 
 __all__ = ["add_parser", "add_demo_parser", "run", "run_demo", "compile_to_dir"]
 
@@ -114,7 +114,7 @@ def _max_abs_diff(a: Any, b: Any) -> float | None:
 def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, out: str, report: str | None,
                    console: Console, source: dict[str, Any]) -> dict[str, Any]:
     """Compile, check against eager, write artifact (+ report) atomically; return the result record."""
-    import autoglm
+    from autoglm.api.entry import compile as autoglm_compile
 
     pipeline = cfg.build_pipeline()  # bad names/options fail before any work
     writer = _report_writer() if report else None
@@ -124,7 +124,7 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
         _check_runs(model, inputs)
         names = ", ".join(p.name for p in pipeline) or "none"
         with console.step(f"compiling: capture, annotate, passes [{names}]"):
-            cm = autoglm.compile(model, inputs.as_call(), passes=pipeline, devices=cfg.devices,
+            cm = autoglm_compile(model, inputs.as_call(), passes=pipeline, devices=cfg.devices,
                                  frontend=cfg.frontend, verify=cfg.verify, cost=cfg.cost, backend=cfg.backend)
         for r in cm.records:
             console.info(f"  pass {r.spec}: {r.wall_s:.2f} s, nodes {r.nodes_before} -> {r.nodes_after}"
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    from autoglm.demo_models import small_transformer
+    from autoglm.api.demo_models import small_transformer
 
     devices = _devices(args.devices) or ["cpu", "cpu"]
     model, example = small_transformer()
@@ -194,9 +194,9 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         report = None
         console.warn("report skipped: autoglm.report.write_report is not available in this build")
     inputs = ExampleInputs(tuple(example), {})
-    source = {"model": "autoglm.demo_models:small_transformer", "kind": "demo"}
+    source = {"model": "autoglm.api.demo_models:small_transformer", "kind": "demo"}
     result = compile_to_dir(model, inputs, cfg, args.out, report, console, source)
-    text = _human(result, "the demo transformer (autoglm.demo_models.small_transformer)")
+    text = _human(result, "the demo transformer (autoglm.api.demo_models.small_transformer)")
     out, example_file = quote_path(args.out), quote_path(Path(args.out) / "example_inputs.safetensors")
     text += f"\nnext: autoglm inspect {out}   autoglm run {out} --inputs {example_file}"
     console.result(text, result)

@@ -26,9 +26,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if Path(args.onnx).suffix != ".onnx":
         raise UsageError(f"--onnx {quote_path(args.onnx)}: the file name must end in .onnx")
     try:
-        from autoglm.onnx_export import export_onnx
+        from autoglm.export.onnx.export import export_onnx
     except ImportError as exc:
-        raise CliError("ONNX export (autoglm.onnx_export) is not available in this build") from exc
+        raise CliError("ONNX export (autoglm.export.onnx.export) is not available in this build") from exc
     options: dict[str, Any] = {}
     if args.opset is not None:
         options["opset"] = args.opset

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from autoglm.cli.common import Console, UsageError, load_compiled, quote_path
-from autoglm.model_loading import load_example_inputs, load_model
+from autoglm.loading.model_files import load_example_inputs, load_model
 
 __all__ = ["add_parser", "run"]
 
@@ -32,7 +32,7 @@ def _load(args: argparse.Namespace, console: Console) -> Any:
         with console.step(f"loading {quote_path(target)}"):
             cm = load_compiled(target, args.trust_remote_code)
         return cm  # shapes and costs come from the artifact: nothing runs
-    import autoglm
+    from autoglm.api.entry import compile as autoglm_compile
 
     with console.step(f"loading {quote_path(target)}"):
         loaded = load_model(target, factory=args.factory, trust_remote_code=args.trust_remote_code,
@@ -43,7 +43,7 @@ def _load(args: argparse.Namespace, console: Console) -> Any:
     if inputs is None:
         raise UsageError(f"--example-inputs FILE is required: {quote_path(target)} carries no example inputs")
     with console.step("capturing and annotating"):
-        return autoglm.compile(loaded.module, inputs.as_call(), passes="none")
+        return autoglm_compile(loaded.module, inputs.as_call(), passes="none")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

@@ -24,7 +24,7 @@ import threading
 import traceback
 from typing import Any, NoReturn, Sequence
 
-from autoglm.artifacts import INTERRUPT_SIGNALS
+from autoglm.artifacts.atomic import INTERRUPT_SIGNALS
 from autoglm.cli import compile_cmd, export_cmd, inspect_cmd, passes_cmd, report_cmd, run_cmd
 from autoglm.cli.common import RUN, CliError, Console, Interrupted, UsageError, one_line, quote_path
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
     common.add_argument("--debug", action="store_true", help="show the Python traceback on failure")
     parser = _Parser(prog="autoglm", description="Open-AutoGLM: a graph-rewriting compiler for PyTorch models.")
-    from autoglm import __version__
+    from autoglm._version import __version__
 
     parser.add_argument("--version", action="version", version=f"autoglm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -61,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from autoglm.artifacts import ArtifactError
+    from autoglm.artifacts.directory import ArtifactError
     from autoglm.capture import CaptureError
-    from autoglm.config_file import ConfigError
-    from autoglm.graph_io import UnsafeArtifactError
+    from autoglm.api.config_file import ConfigError
+    from autoglm.artifacts.graph_json import UnsafeArtifactError
     from autoglm.ir.pass_base import PassError
-    from autoglm.model_loading import ModelLoadError
-    from autoglm.spec import SpecError
+    from autoglm.loading.model_files import ModelLoadError
+    from autoglm.passes.spec import SpecError
 
     return (CliError, ModelLoadError, ConfigError, SpecError, CaptureError, PassError, ArtifactError,
             UnsafeArtifactError, OSError)

@@ -34,7 +34,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 def describe_passes() -> list[dict[str, Any]]:
     from autoglm.passes import REGISTRY
-    from autoglm.pipeline import DEFAULT_PIPELINE
+    from autoglm.passes.pipeline import DEFAULT_PIPELINE
 
     defaults = {name: why for name, why in DEFAULT_PIPELINE}
     out = []

@@ -10,7 +10,7 @@ from torch.utils._pytree import tree_flatten
 
 from autoglm.cli.common import (CliError, Console, OutputPlan, UsageError, check_inputs_match, load_compiled,
                                 quote_path)
-from autoglm.model_loading import load_example_inputs
+from autoglm.loading.model_files import load_example_inputs
 
 __all__ = ["add_parser", "run", "save_outputs"]
 
@@ -74,9 +74,9 @@ def _summary(named: dict[str, torch.Tensor]) -> str:
 
 def _run_pipeline(artifact: str, cm: Any, inputs: Any, args: argparse.Namespace) -> Any:
     try:
-        from autoglm.runtime.pipeline import run_pipeline
+        from autoglm.runtime.pipeline.driver import run_pipeline
     except ImportError as exc:
-        raise CliError(f"--nproc {args.nproc} needs the pipeline runner (autoglm.runtime.pipeline.run_pipeline), "
+        raise CliError(f"--nproc {args.nproc} needs the pipeline runner (autoglm.runtime.pipeline.driver.run_pipeline), "
                        "which this build does not have; run without --nproc") from exc
     flat = cm.signature.flatten_inputs(inputs.args, inputs.kwargs)
     try:

@@ -3,7 +3,7 @@
 This is the ONE module that touches ``torch.ao`` / ``torch.ops.quantized`` /
 ``torch._int_mm``. It lives under ``autoglm.ir`` (not ``autoglm.runtime``)
 because the ``quantize`` passes may import only ``autoglm.ir`` and
-``autoglm.cost``, and the lowering pass must build these modules;
+``autoglm.cost.model``, and the lowering pass must build these modules;
 ``autoglm.runtime.int8_kernels`` re-exports it for runtime code.
 
 Two layers:

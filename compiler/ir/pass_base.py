@@ -42,7 +42,7 @@ class PassContext:
 
     example_inputs: Sequence[Any]
     devices: list[str] = field(default_factory=lambda: ["cpu"])
-    cost: Any = None  # autoglm.cost.CostModel
+    cost: Any = None  # autoglm.cost.model.CostModel
     calibration: Any = None
     properties: set[str] = field(default_factory=set)
     # Facts passes leave for the report, keyed by pass name (plan, layer table...).

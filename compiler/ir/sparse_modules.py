@@ -8,7 +8,7 @@ recognise them.
 Every class computes ``y = x @ W.T + b`` with ``W`` the masked weight, keeps
 the input's leading dimensions, returns a contiguous tensor (downstream
 ``view`` calls rely on that) and saves without pickle through
-``__autoglm_save__`` / ``__autoglm_load__`` (see ``autoglm.graph_io``).
+``__autoglm_save__`` / ``__autoglm_load__`` (see ``autoglm.artifacts.graph_json``).
 
 Why ``W @ x.T`` and not ``F.linear(x, W_csr)``: on CPU the CSR x dense
 product is only fast with the sparse operand on the left (``addmm``);

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from autoglm.artifacts.atomic import move_into, staging_dir
 from autoglm.report.data import build_report_data
 from autoglm.report.measure import measure_against_eager
 
@@ -50,16 +50,9 @@ def _umask() -> int:
     return current
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_shared(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, 0o666 & ~_umask())  # the staging folder is private (0700); a report is meant to be shared
 
 
 def write_report(cm: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None, *,
@@ -70,7 +63,7 @@ def write_report(cm: Any, path: str | os.PathLike, extra: dict[str, Any] | None 
     ``measure_against_eager(cm, model)`` (keys ``latency``, ``accuracy``; any other
     key is shown under "Other measurements"). ``layout``: ``"auto"`` (Graphviz
     ``dot`` when installed, else pure Python), ``"dot"`` or ``"python"``.
-    Both files are written to temporary names and renamed into place.
+    Both files are written into a staging folder and moved into place together.
     """
     if not hasattr(cm, "graph_module") or not hasattr(cm, "records"):
         raise TypeError(f"write_report needs a CompiledModel (from autoglm.compile/load), got {type(cm).__name__}")
@@ -85,6 +78,8 @@ def write_report(cm: Any, path: str | os.PathLike, extra: dict[str, Any] | None 
     twin = json_twin_path(target)
     if twin == target:
         raise ReportError(f"report path {target} ends in .json; give an .html path (the JSON twin goes beside it)")
-    _atomic_write(twin, json.dumps(data, indent=1, allow_nan=False))
-    _atomic_write(target, page)
+    with staging_dir(target.parent, target.name) as tmp:  # the page and its twin land together
+        _write_shared(tmp / twin.name, json.dumps(data, indent=1, allow_nan=False))
+        _write_shared(tmp / target.name, page)
+        move_into(tmp, target.parent)
     return target

@@ -254,9 +254,9 @@ def _versions(cm: Any) -> dict[str, str]:
     import platform
     from importlib import metadata
 
-    import autoglm
+    from autoglm._version import __version__
 
-    out = {"autoglm": getattr(autoglm, "__version__", "0"), "torch": torch.__version__,
+    out = {"autoglm": __version__, "torch": torch.__version__,
            "python": platform.python_version()}
     for dist in ("onnx", "onnxruntime", "transformers"):
         try:

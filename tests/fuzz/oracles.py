@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 import autoglm
-from autoglm.pass_manager import sqnr_db
+from autoglm.ir.pass_manager import sqnr_db
 from autoglm.passes import REGISTRY
 
 __all__ = ["Config", "CONFIGS", "available_configs", "run_config", "eager_reference"]
@@ -66,7 +66,7 @@ def available_configs() -> list[Config]:
             continue
         if c.onnx or c.backend == "onnxruntime":
             try:
-                import autoglm.onnx_export  # noqa: F401
+                import autoglm.export.onnx.export  # noqa: F401
             except ImportError:
                 continue
         out.append(c)
@@ -127,7 +127,7 @@ def _parity_vs_eager(model: torch.nn.Module, run: Callable[..., Any], inputs: tu
     fp32 rounding noise of the float64 result where the computation is ill-conditioned."""
     import copy
 
-    from autoglm.onnx_check import run_parity
+    from autoglm.export.onnx.check import run_parity
 
     model64 = copy.deepcopy(model).double()
     run_parity(lambda *x: model(*x), run, [("fuzz", list(inputs))], 1e-3, 1e-5,

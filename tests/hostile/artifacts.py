@@ -143,11 +143,11 @@ def _unknown_tensor(doc: dict, canary: str) -> None:
 CASES: list[tuple[str, str, Edit]] = [
     *[("call-target", t, _call_target(t)) for t in (
         "torch.os.system", "os.system", "posix.system", "subprocess.getoutput", "torch.load", "torch.hub.load",
-        "torch.ops.load_library", "autoglm.api.os.system", "torch.ops.aten.save.default",
+        "torch.ops.load_library", "autoglm.api.entry.os.system", "torch.ops.aten.save.default",
         "torch.ops.aten.from_file.default", "torch.ops.aten.__class__.default", "functools.partial",
         "operator.attrgetter", "operator.methodcaller", "builtins.__import__")],
     *[("call-target", t, _call_target(t, python)) for t in (
-        "builtins.eval", "builtins.exec", "autoglm.graph_io.builtins.eval", "torch.nn.functional.builtins.eval")],
+        "builtins.eval", "builtins.exec", "autoglm.artifacts.graph_json.builtins.eval", "torch.nn.functional.builtins.eval")],
     ("call-target", "getattr-dunder", _getattr_chain),
     ("call-target", "operator.call", _operator_call),
     *[("call-method", m, _method(m)) for m in ("__reduce_ex__", "register_hook", "apply_", "map_", "__class__",

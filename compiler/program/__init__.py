@@ -1,0 +1,1 @@
+"""Models with data-dependent branches: Program (program) and its saved form (io)."""

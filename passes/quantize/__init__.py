@@ -1,0 +1,1 @@
+"""The int8 quantize pass (quantize) and its parts: layer planning (plan), calibration (calibrate), lowering to int8 kernels (lower)."""
