@@ -156,7 +156,23 @@ def _int_mm_twin(kernel: str) -> str:
     return kernel.replace("fbgemm_", "int_mm_")
 
 
-class Int8Linear(_Int8Base):
+class _Int8Kernel(_Int8Base):
+    """A lowered layer that runs one of several int8 kernels (``kernel``), chosen at compile time."""
+
+    kernel: str
+    _active: str | None
+
+    @property
+    def active_kernel(self) -> str:
+        """The kernel that runs: ``kernel``, or its exact ``int_mm`` twin where fbgemm saturates here
+        (an artifact made on a VNNI machine keeps its numbers on one without)."""
+        if self._active is None:
+            exact = not self.kernel.startswith("fbgemm") or kernel_exact(self, self.kernel)
+            self._active = self.kernel if exact else _int_mm_twin(self.kernel)
+        return self._active
+
+
+class Int8Linear(_Int8Kernel):
     """y = x @ W.T + b with W int8 per output channel and x quantized to uint8.
 
     ``act_scale is None``: dynamic (activation qparams chosen per call);
@@ -193,14 +209,6 @@ class Int8Linear(_Int8Base):
     @property
     def out_features(self) -> int:
         return int(self.weight_int8.shape[0])
-
-    @property
-    def active_kernel(self) -> str:
-        """The kernel that runs: ``kernel``, or its exact ``int_mm`` twin where fbgemm saturates here."""
-        if self._active is None:
-            exact = not self.kernel.startswith("fbgemm") or kernel_exact(self, self.kernel)
-            self._active = self.kernel if exact else _int_mm_twin(self.kernel)
-        return self._active
 
     def _config(self) -> dict[str, Any]:
         return {"act_scale": self.act_scale, "act_zero_point": self.act_zero_point, "kernel": self.kernel}
@@ -262,7 +270,7 @@ def _shifted_int8(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
     return torch.clamp(torch.round(x * (1.0 / scale)) + (zp - 128), -128, 127).to(torch.int8)
 
 
-class Int8Conv2d(_Int8Base):
+class Int8Conv2d(_Int8Kernel):
     """Static int8 conv: uint8 in, int8 per-channel weights, uint8 out (returned dequantized, fp32).
 
     Kernels: ``fbgemm_static`` (``quantized::conv2d``, prepacked) and
@@ -291,13 +299,6 @@ class Int8Conv2d(_Int8Base):
         self.kernel = kernel
         self._state: Any = None
         self._active: str | None = None
-
-    @property
-    def active_kernel(self) -> str:
-        if self._active is None:
-            exact = not self.kernel.startswith("fbgemm") or kernel_exact(self, self.kernel)
-            self._active = self.kernel if exact else _int_mm_twin(self.kernel)
-        return self._active
 
     def _config(self) -> dict[str, Any]:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
