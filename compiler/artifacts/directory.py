@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from autoglm.artifacts.atomic import replace_dir, staging_dir
 from autoglm.artifacts.graph_json import UnsafeArtifactError, graph_from_json, graph_to_json
 from autoglm.capture.flat import FlatSignature
-from autoglm.loading.bounded_read import check_nesting, format_size, limit, read_user_file
+from autoglm.loading.bounded_read import loads_json, read_user_file, require_regular_file
 
 __all__ = ["ARTIFACT_VERSION", "save_artifact", "load_artifact", "versions", "ArtifactError",
            "read_artifact_json", "read_artifact_tensors"]
@@ -101,28 +100,13 @@ def save_artifact(path: str | os.PathLike, gm: torch.fx.GraphModule, signature: 
 
 def read_artifact_json(path: Path, what: str) -> Any:
     """A JSON file of an artifact, read as untrusted input: a regular file, size- and nesting-capped."""
-    data = read_user_file(path, what, "model", error=ArtifactError)
-    try:
-        doc = json.loads(data)
-    except RecursionError as exc:
-        raise ArtifactError(f"{what} {path} nests too deeply; refused") from exc
-    except ValueError as exc:
-        raise ArtifactError(f"{what} {path} is not valid JSON: {exc}") from exc
-    check_nesting(doc, f"{what} {path}", error=ArtifactError, max_depth=ARTIFACT_JSON_DEPTH)
-    return doc
+    return loads_json(read_user_file(path, what, "model", error=ArtifactError), f"{what} {path}",
+                      error=ArtifactError, max_depth=ARTIFACT_JSON_DEPTH)
 
 
 def read_artifact_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """A safetensors file of an artifact (only a regular file: ``load_file`` mmaps it, a FIFO would block)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ArtifactError(f"{what} {path} is missing ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise ArtifactError(f"{what} {path} is not a regular file; refused")
-    if st.st_size > limit("model", ArtifactError):
-        raise ArtifactError(f"{what} {path} is {format_size(st.st_size)}, over the model-file limit "
-                            "(AUTOGLM_MAX_MODEL_BYTES)")
+    """A safetensors file of an artifact (only a regular file: ``load_file`` maps it, a FIFO would block)."""
+    require_regular_file(path, what, "model", error=ArtifactError)
     return load_file(str(path))
 
 

@@ -42,7 +42,7 @@ import struct
 import zipfile
 from typing import Any, Callable
 
-__all__ = ["FileLimitError", "limit", "read_user_file", "open_zip", "check_zip_limits", "check_npz",
+__all__ = ["FileLimitError", "limit", "require_regular_file", "read_user_file", "open_zip", "check_zip_limits", "check_npz",
            "check_nesting", "parse_document", "loads_json", "format_size"]
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -131,6 +131,27 @@ def _read_at_most(f: io.BufferedReader, size_hint: int, max_bytes: int) -> bytes
     return b"".join(chunks)
 
 
+def require_regular_file(path: str | os.PathLike, what: str, cap: str, *,
+                         error: _ErrorType = FileLimitError) -> os.stat_result:
+    """``os.stat(path)``, refusing anything but a regular file of at most ``limit(cap)`` bytes.
+
+    For readers that open the file themselves (safetensors maps it): checked from the path,
+    before opening, since opening a device or a FIFO can already have effects or block.
+    """
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError as exc:
+        raise error(f"{what} {p} does not exist") from exc
+    except OSError as exc:
+        raise error(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
+    _require_regular(st, p, what, error)
+    max_bytes = limit(cap, error)
+    if st.st_size > max_bytes:
+        raise error(_over(f"{what} {p}", f"is {format_size(st.st_size)}", cap, max_bytes))
+    return st
+
+
 def read_user_file(path: str | os.PathLike, what: str, cap: str, *, error: _ErrorType = FileLimitError) -> bytes:
     """The bytes of the regular file ``path``, refusing anything else and files over ``limit(cap)``.
 
@@ -139,8 +160,8 @@ def read_user_file(path: str | os.PathLike, what: str, cap: str, *, error: _Erro
     """
     p = os.fspath(path)
     max_bytes = limit(cap, error)
+    require_regular_file(p, what, cap, error=error)
     try:
-        _require_regular(os.stat(p), p, what, error)  # before opening: opening a device can have effects
         with open(p, "rb", opener=_open_nonblocking) as f:
             st = os.fstat(f.fileno())
             _require_regular(st, p, what, error)  # swapped between stat and open
@@ -310,8 +331,12 @@ def parse_document(parse: Callable[[Any], Any], text: Any, label: str, *,
     return doc
 
 
-def loads_json(data: str | bytes, label: str, *, error: _ErrorType = FileLimitError) -> Any:
-    """``json.loads`` for untrusted JSON: syntax errors, deep nesting and huge documents all raise ``error``."""
+def loads_json(data: str | bytes, label: str, *, error: _ErrorType = FileLimitError,
+               max_depth: int | None = None) -> Any:
+    """``json.loads`` for untrusted JSON: syntax errors, deep nesting and huge documents all raise ``error``.
+
+    ``max_depth``: the nesting allowed (default ``AUTOGLM_MAX_NESTING``; our own files nest deeper).
+    """
     import json
 
     try:
@@ -320,5 +345,5 @@ def loads_json(data: str | bytes, label: str, *, error: _ErrorType = FileLimitEr
         raise _too_deep(label, error) from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the int digit-count limit
         raise error(f"{label} is not valid JSON ({exc})") from exc
-    check_nesting(doc, label, error=error)
+    check_nesting(doc, label, error=error, max_depth=max_depth)
     return doc

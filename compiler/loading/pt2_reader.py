@@ -41,7 +41,8 @@ import torch
 from autoglm.loading.file_safety import ModelLoadError, UnsafeFileError, first_line, quiet_torch_export_logs, \
     safe_torch_load
 from autoglm.loading.op_table import TRUST_HINT, is_loadable_function
-from autoglm.loading.pt2_checks import check_model_doc, check_payload_config
+from autoglm.loading.bounded_read import loads_json
+from autoglm.loading.pt2_checks import MAX_JSON_DEPTH, check_model_doc, check_payload_config
 
 __all__ = ["read_pt2", "MAX_MEMBERS"]
 
@@ -96,13 +97,6 @@ def _members(data: bytes, label: str) -> dict[str, bytes]:
     return out
 
 
-def _json(blob: bytes, label: str) -> Any:
-    try:
-        return json.loads(blob)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than json's own limit
-        raise ModelLoadError(f"{label} is not valid JSON (or nests too deeply): {first_line(exc)}") from exc
-
-
 def _check_format(members: dict[str, bytes], label: str) -> None:
     from torch.export.pt2_archive.constants import ARCHIVE_VERSION_VALUE
 
@@ -128,7 +122,8 @@ def _checked_members(members: dict[str, bytes], label: str) -> tuple[dict[str, b
     payloads = {d: {r[len(f"data/{d}/"):] for r in members if r.startswith(f"data/{d}/")}
                 for d in ("weights", "constants")}
     for name in models:
-        doc = _json(members[f"models/{name}.json"], f"{label}: models/{name}.json")
+        doc = loads_json(members[f"models/{name}.json"], f"{label}: models/{name}.json", error=ModelLoadError,
+                         max_depth=MAX_JSON_DEPTH)
         check_model_doc(doc, f"{label}: models/{name}.json")
         safe[f"models/{name}.json"] = json.dumps(doc).encode()
         for folder in ("weights", "constants"):
@@ -139,7 +134,8 @@ def _checked_members(members: dict[str, bytes], label: str) -> tuple[dict[str, b
             config_name = f"data/{folder}/{name}_{folder}_config.json"
             if config_name not in members:
                 raise ModelLoadError(f"{label}: {config_name} is missing")
-            config = _json(members[config_name], f"{label}: {config_name}")
+            config = loads_json(members[config_name], f"{label}: {config_name}", error=ModelLoadError,
+                                max_depth=MAX_JSON_DEPTH)
             check_payload_config(config, f"{label}: {config_name}", payloads[folder])
             safe[config_name] = json.dumps(config).encode()
             for payload in {m["path_name"] for m in config["config"].values()}:
