@@ -121,7 +121,7 @@ def load(path: str | os.PathLike, *, trust_remote_code: bool = False) -> Compile
     ``trust_remote_code=True`` also resolves functions outside the table (ones a
     user marked ``torch.fx.wrap``) by importing them; see docs/security.md.
     """
-    from autoglm.artifacts.directory import load_artifact
+    from autoglm.artifacts.directory import ArtifactError, load_artifact
     from autoglm.program.io import is_program, load_program
 
     if is_program(path):
@@ -130,7 +130,6 @@ def load(path: str | os.PathLike, *, trust_remote_code: bool = False) -> Compile
     executor = executor_for_loaded(gm, config)
     notes: dict[str, Any] = {}
     if "partition_plan" in config:
-        from autoglm.artifacts.directory import ArtifactError
         from autoglm.passes.partition.partition import PartitionPlan
 
         try:

@@ -35,12 +35,12 @@ import torch.fx as fx
 import torch.nn as nn
 
 from autoglm.ir.meta import TensorSpec, annotation, has_annotation
+from autoglm.loading.file_safety import comment_safe
 from autoglm.loading.op_table import (TENSOR_ATTRIBUTES, UnsafeArtifactError, function_name, resolve_function,
                               resolve_method, resolve_module_class)
 
 __all__ = ["UnsafeArtifactError", "graph_to_json", "graph_from_json"]
 
-_PRIMITIVE = (bool, int, str, type(None))
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NODE_OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
 # nn.Module's own bookkeeping (_parameters, _modules, hooks...): a file may never set these.
@@ -51,13 +51,6 @@ def _identifier(name: Any, what: str) -> str:
     if not isinstance(name, str) or not _IDENT.match(name) or keyword.iskeyword(name) or name.startswith("__"):
         raise UnsafeArtifactError(f"{what} {str(name)[:80]!r} is not a plain Python identifier; refused")
     return name
-
-
-def _printable(text: Any) -> str | None:
-    """Stack traces end up as comments in generated code: no character may end the comment line early."""
-    if not isinstance(text, str):
-        return None
-    return "".join(c for c in text if c == "\n" or c.isprintable())
 
 
 def _class_name(cls: type) -> str:
@@ -372,7 +365,7 @@ def _target(nd: dict, root: nn.Module, trusted: bool) -> Any:
             raise UnsafeArtifactError(f"{where}: placeholder name is not a string")
         return "*" * (len(target) - len(target.lstrip("*"))) + _identifier(target.lstrip("*"), "placeholder")
     if op in ("get_attr", "call_module"):
-        for part in str(target).split(".") if isinstance(target, str) else [target]:
+        for part in target.split(".") if isinstance(target, str) else [target]:
             _member(part, f"{op} target")
         owned = _owned(root, target)
         if op == "call_module" and not isinstance(owned, nn.Module):
@@ -435,7 +428,7 @@ def _graph_from_json(data: dict, prefix: str, tensors: dict[str, torch.Tensor], 
             raise UnsafeArtifactError(f"node name {name!r} clashes with a name FX reserves; refused")
         if target is getattr:
             _check_getattr(node)
-        trace = _printable(nd.get("stack_trace"))
+        trace = comment_safe(nd["stack_trace"]) if isinstance(nd.get("stack_trace"), str) else ""
         if trace:
             node.meta["stack_trace"] = trace
         if nd.get("ann"):

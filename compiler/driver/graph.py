@@ -14,6 +14,7 @@ partitions and then ran on one device; branching segments never saw
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -54,7 +55,6 @@ class CompiledGraph:
     executor: Callable[..., Any]
     records: list[PassRecord]
     notes: dict[str, Any]
-    properties: set[str]
 
 
 def compile_graph(gm: fx.GraphModule, flat_inputs: Sequence[Any], options: DriverOptions,
@@ -64,8 +64,6 @@ def compile_graph(gm: fx.GraphModule, flat_inputs: Sequence[Any], options: Drive
     ``cost_model``: share one across calls (a branching program's segments) so measured
     timings are reused; ``timings`` receives ``annotate_s`` and ``passes_s``.
     """
-    import time
-
     cost = cost_model if cost_model is not None else CostModel(options.cost)
     measured = options.measure or options.cost == "measured"
     t0 = time.perf_counter()
@@ -81,7 +79,7 @@ def compile_graph(gm: fx.GraphModule, flat_inputs: Sequence[Any], options: Drive
         timings["annotate_s"] = timings.get("annotate_s", 0.0) + t1 - t0
         timings["passes_s"] = timings.get("passes_s", 0.0) + time.perf_counter() - t1
     executor = build_executor(gm, ctx.devices, "partitioned" in ctx.properties)
-    return CompiledGraph(gm, executor, list(manager.records), ctx.notes, ctx.properties)
+    return CompiledGraph(gm, executor, list(manager.records), ctx.notes)
 
 
 def build_executor(gm: fx.GraphModule, devices: Sequence[str], partitioned: bool) -> Any:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 __all__ = ["ModelLoadError", "UnsafeFileError", "safe_torch_load", "quiet_torch_export_logs", "first_line",
-           "GLOBAL_RE"]
+           "comment_safe", "GLOBAL_RE"]
 
 
 class ModelLoadError(ValueError):
@@ -27,6 +27,12 @@ class ModelLoadError(ValueError):
 
 class UnsafeFileError(ModelLoadError):
     """Reading the file would execute code from it; refused."""
+
+
+def comment_safe(text: str) -> str:
+    """``text`` without any character that could end a generated comment line early (``\r``, form feeds,
+    Unicode line separators...): stack traces from files become comments in the code FX generates."""
+    return "".join(c for c in text if c == "\n" or c.isprintable())
 
 
 def first_line(exc: BaseException) -> str:

@@ -59,10 +59,10 @@ from autoglm.ir.int8 import Int8Conv2d, Int8Embedding, Int8Linear
 from autoglm.ir.sparse_modules import BsrLinear, CsrLinear, SemiStructuredLinear
 
 __all__ = ["UnsafeArtifactError", "resolve_function", "function_name", "resolve_method", "resolve_module_class",
-           "is_loadable_function", "TENSOR_ATTRIBUTES", "TRUST_HINT"]
+           "is_loadable_function", "TENSOR_ATTRIBUTES", "TRUST_HINT", "TRUST_FLAG"]
 
-TRUST_HINT = ("if it is a function you marked torch.fx.wrap and you trust this file, pass --trust-remote-code "
-              "(trust_remote_code=True in Python)")
+TRUST_FLAG = "pass --trust-remote-code (trust_remote_code=True in Python)"
+TRUST_HINT = f"if it is a function you marked torch.fx.wrap and you trust this file, {TRUST_FLAG}"
 
 OPERATOR_NAMESPACES = ("aten", "prims", "quantized", "_quantized", "quantized_decomposed")
 # Modules that register operators in OPERATOR_NAMESPACES when imported (fixed here, never from a file).
@@ -94,8 +94,8 @@ TENSOR_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "T", "mT", "H
 
 
 # Artifacts saved before a function moved name it by its old path: old name -> table name.
+# (Module classes have not moved: autoglm.ir keeps them, so they need no alias.)
 RENAMED_FUNCTIONS = {"autoglm.runtime.replan.check_guard": "autoglm.ir.guards.check_guard"}
-RENAMED_CLASSES: dict[str, str] = {}  # module classes have not moved (autoglm.ir keeps them)
 
 
 class UnsafeArtifactError(ValueError):
@@ -126,13 +126,12 @@ def _operator_overloads() -> frozenset[tuple[str, str, str]]:
         ns, _, op = schema.name.partition("::")
         if ns in OPERATOR_NAMESPACES and not _touches_files(schema):
             out.add((ns, op, schema.overload_name or "default"))
-    # Operators defined from Python (torch.library) are not JIT schemas; their packets know their overloads.
-    for ns in ("quantized_decomposed",):
-        namespace = getattr(torch.ops, ns)
-        for op in list(getattr(namespace, "_dir", [])):
-            packet = getattr(namespace, op)
-            for overload in packet.overloads():
-                out.add((ns, op, overload))
+    # quantized_decomposed is defined from Python (torch.library), not as JIT schemas: its packets
+    # know their overloads.
+    namespace = torch.ops.quantized_decomposed
+    for op in list(getattr(namespace, "_dir", [])):
+        for overload in getattr(namespace, op).overloads():
+            out.add(("quantized_decomposed", op, overload))
     return frozenset(out)
 
 
@@ -247,7 +246,7 @@ def resolve_function(name: str, *, trust_remote_code: bool = False, where: str =
         raise UnsafeArtifactError(f"{where}: call target {name!r} is not a name")
     if name.startswith("_operator."):  # torch.export's spelling of the operator module
         name = "operator." + name[len("_operator."):]
-    found = _operator(name) if name.startswith("torch.ops.") and name != "torch.ops.higher_order.cond" else None
+    found = _operator(name) if name.startswith("torch.ops.") else None  # higher_order.cond: not an overload
     if found is None:
         found = _python_functions().get(name)
     if found is not None:

@@ -31,7 +31,8 @@ import re
 from typing import Any
 
 from autoglm.loading.file_safety import ModelLoadError, UnsafeFileError
-from autoglm.loading.op_table import TRUST_HINT, UnsafeArtifactError, resolve_function
+from autoglm.loading.file_safety import comment_safe
+from autoglm.loading.op_table import TRUST_FLAG, UnsafeArtifactError, resolve_function
 
 __all__ = ["check_model_doc", "check_payload_config", "check_sympy_expr", "check_guard", "MAX_JSON_DEPTH"]
 
@@ -114,7 +115,7 @@ def _refuse(entry: str, what: str, value: Any) -> UnsafeFileError:
 def _check_string(entry: str, key: str, value: str, trusted: bool) -> str:
     """The rule for one string under ``key`` (see module doc); returns the value torch will read."""
     if key == "stack_trace":
-        return "".join(c for c in value if c == "\n" or c.isprintable())
+        return comment_safe(value)
     if key in _JSON_TEXT_KEYS:
         try:
             json.loads(value)
@@ -193,6 +194,6 @@ def check_payload_config(doc: Any, entry: str, payloads: set[str], *, trusted: b
         if pickled and not trusted:
             raise UnsafeFileError(f"{entry}: {fqn!r} is stored as a pickled Python/TorchScript object "
                                   f"({path_name}); unpickling it could run code from the file, so it is refused; "
-                                  f"{TRUST_HINT.replace('if it is a function you marked torch.fx.wrap and ', 'if ')}")
+                                  f"if you trust this file, {TRUST_FLAG}")
         if path_name not in payloads:
             raise ModelLoadError(f"{entry}: payload {path_name[:60]!r} of {fqn!r} is missing from the archive")

@@ -40,7 +40,7 @@ import torch
 
 from autoglm.loading.file_safety import ModelLoadError, UnsafeFileError, first_line, quiet_torch_export_logs, \
     safe_torch_load
-from autoglm.loading.op_table import TRUST_HINT, is_loadable_function
+from autoglm.loading.op_table import TRUST_FLAG, is_loadable_function
 from autoglm.loading.bounded_read import loads_json
 from autoglm.loading.pt2_checks import MAX_JSON_DEPTH, check_model_doc, check_payload_config
 
@@ -129,8 +129,8 @@ def _checked_members(members: dict[str, bytes], label: str) -> tuple[dict[str, b
         for folder in ("weights", "constants"):
             if f"data/{folder}/{name}.pt" in members:
                 raise UnsafeFileError(f"{label}: data/{folder}/{name}.pt is the legacy pickled layout; refused. "
-                                      f"Re-export with torch.export.save on torch {torch.__version__}, or "
-                                      f"{TRUST_HINT.split('and ', 1)[1]}")
+                                      f"Re-export with torch.export.save on torch {torch.__version__}, or, "
+                                      f"if you trust this file, {TRUST_FLAG}")
             config_name = f"data/{folder}/{name}_{folder}_config.json"
             if config_name not in members:
                 raise ModelLoadError(f"{label}: {config_name} is missing")
@@ -164,8 +164,7 @@ def _check_loaded_graph(ep: Any, label: str) -> None:
         if not isinstance(gm, torch.fx.GraphModule):
             continue
         for node in gm.graph.nodes:
-            if node.op == "call_function" and not (is_loadable_function(node.target)
-                                                   or node.target is torch.ops.higher_order.cond):
+            if node.op == "call_function" and not is_loadable_function(node.target):
                 raise UnsafeFileError(f"{label}: node {node.name} calls {node.target!r}, which is not in "
                                       "autoglm's table of loadable operators; refused")
 

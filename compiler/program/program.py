@@ -199,9 +199,7 @@ class Program(CompiledViews):
         options = dataclasses.replace(self.options.driver, calibration=self._segment_calibration(*where))
         with preserved_buffers(self.model):
             compiled = compile_graph(gm, inputs, options, cost_model=self._cost)
-        gm = compiled.graph_module
-        # Calling forward directly skips nn.Module hook dispatch: a few µs per segment.
-        run = gm.forward if compiled.executor is gm else compiled.executor
+        gm, run = compiled.graph_module, compiled.executor
         if self.options.backend == "onnxruntime":
             run = self._on_onnxruntime(gm, inputs, run)
         return gm, run, compiled.records
