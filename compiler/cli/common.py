@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 import torch
 
-from autoglm.artifacts.atomic import move_into, replace_dir, signals_deferred
+from autoglm.artifacts.atomic import move_into, replace_dir, signals_deferred, staging_dir
 
 __all__ = ["CliError", "UsageError", "Interrupted", "RUN", "Console", "OutputPlan", "one_line", "printable",
            "quote_path", "describe_tensors", "check_inputs_match", "load_compiled"]
@@ -186,7 +184,7 @@ class OutputPlan:
     def __init__(self) -> None:
         self._dirs: dict[Path, Path] = {}  # final -> staged
         self._files: dict[Path, Path] = {}  # final -> staged temp folder holding it
-        self._temps: list[Path] = []
+        self._temps = ExitStack()  # the staging folders (atomic.staging_dir), removed on close
 
     def _stage_root(self, final: Path, what: str) -> Path:
         anchor = _nearest_existing(final.parent)
@@ -196,12 +194,9 @@ class OutputPlan:
         if not os.access(anchor, os.W_OK | os.X_OK):
             raise CliError(f"cannot write {where}: {quote_path(anchor)} is not writable")
         try:
-            with signals_deferred():  # created and recorded for clean-up as one step
-                tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.autoglm-tmp-", dir=anchor))
-                self._temps.append(tmp)
+            return self._temps.enter_context(staging_dir(anchor, final.name, "autoglm-tmp-"))
         except OSError as exc:
             raise CliError(f"cannot write {where}: {exc.strerror or exc}") from exc
-        return tmp
 
     def directory(self, final: str | os.PathLike, what: str = "output folder") -> Path:
         final = Path(final).absolute()
@@ -239,8 +234,7 @@ class OutputPlan:
             RUN.written.append(final)
 
     def cleanup(self) -> None:
-        for tmp in self._temps:
-            shutil.rmtree(tmp, ignore_errors=True)
+        self._temps.close()
 
     def __enter__(self) -> "OutputPlan":
         return self
