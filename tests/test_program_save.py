@@ -83,3 +83,38 @@ def test_partitioned_program_round_trips(tmp_path):
         torch.testing.assert_close(loaded(x), model(x))
     for leaf in loaded.cache.leaves():
         assert "partition" in [r["name"] for r in leaf.payload.records]
+
+
+class SizeAcrossBranch(torch.nn.Module):
+    """A size read before a data-dependent branch and used after it (mobilevit-style resizing):
+    the segment after the branch takes a Python int as an input (issue #17 item 5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = x.shape[-1]
+        y = self.conv(x)
+        y = y * 2 if y.mean() > 0 else y - 1
+        return torch.nn.functional.interpolate(y, size=(h * 2, h * 2))
+
+
+def test_a_segment_taking_a_size_saves_and_reloads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = _seeded(SizeAcrossBranch())
+    xs = [torch.randn(1, 3, 8, 8), -torch.ones(1, 3, 8, 8)]
+    cm = _compile_and_cover(model, xs)
+    cm.save(tmp_path / "prog")
+    with torch.no_grad():
+        torch.save({"xs": xs, "refs": [model(x) for x in xs]}, tmp_path / "data.pt")
+    code = ("import sys, torch, autoglm\n"
+            "d = torch.load(sys.argv[2], weights_only=True)\n"
+            "m = autoglm.load(sys.argv[1])\n"
+            "for x, r in zip(d['xs'], d['refs']):\n"
+            "    torch.testing.assert_close(m(x), r)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "prog"), str(tmp_path / "data.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

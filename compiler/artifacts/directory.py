@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from autoglm.artifacts.atomic import replace_dir, staging_dir
 from autoglm.artifacts.graph_json import UnsafeArtifactError, graph_from_json, graph_to_json
 from autoglm.capture.flat import FlatSignature
+from autoglm.ir.treespec import UnsafeTreeSpecError
 from autoglm.loading.bounded_read import loads_json, read_user_file, require_regular_file
 
 __all__ = ["ARTIFACT_VERSION", "save_artifact", "load_artifact", "versions", "ArtifactError",
@@ -77,6 +78,29 @@ def _shares(t: torch.Tensor, existing: dict[str, torch.Tensor]) -> bool:
     return any(e.untyped_storage().data_ptr() == ptr for e in existing.values() if e.numel())
 
 
+def _split_example_inputs(inputs: list[Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors for safetensors; Python numbers (a segment of a branching program can take a
+    size computed before the branch, e.g. ``h = x.shape[-1]``) for the JSON document."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for i, v in enumerate(inputs):
+        if isinstance(v, torch.Tensor):
+            tensors[f"input_{i}"] = v.detach().cpu().contiguous()
+        elif type(v) in (bool, int, float):
+            scalars[str(i)] = v
+        else:
+            raise TypeError(f"example input {i} is a {type(v).__name__}; only tensors and Python numbers "
+                            "can be saved as a graph's inputs")
+    return tensors, scalars
+
+
+def _example_inputs(doc: dict, tensors: dict[str, torch.Tensor]) -> list[Any]:
+    scalars = doc.get("scalar_inputs", {})
+    if not (isinstance(scalars, dict) and all(type(v) in (bool, int, float) for v in scalars.values())):
+        raise ArtifactError("scalar_inputs must map input positions to numbers")
+    return [scalars[str(i)] if str(i) in scalars else tensors[f"input_{i}"] for i in range(int(doc["num_inputs"]))]
+
+
 def save_artifact(path: str | os.PathLike, gm: torch.fx.GraphModule, signature: FlatSignature,
                   example_inputs: list[torch.Tensor], config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     target = Path(path)
@@ -86,10 +110,10 @@ def save_artifact(path: str | os.PathLike, gm: torch.fx.GraphModule, signature: 
         out = tmp / target.name
         out.mkdir()
         save_file(tensors, str(out / "weights.safetensors"))
-        save_file({f"input_{i}": t.detach().cpu().contiguous() for i, t in enumerate(example_inputs)},
-                  str(out / "example_inputs.safetensors"))
+        example, scalars = _split_example_inputs(example_inputs)
+        save_file(example, str(out / "example_inputs.safetensors"))
         doc = {"artifact_version": ARTIFACT_VERSION, "graph": graph, "aliases": aliases,
-               "signature": signature.to_json(), "num_inputs": len(example_inputs)}
+               "signature": signature.to_json(), "num_inputs": len(example_inputs), "scalar_inputs": scalars}
         (out / "graph.json").write_text(json.dumps(doc))
         (out / "config.json").write_text(json.dumps({**config, "versions": versions(), **(extra or {})},
                                                     indent=2, default=str))
@@ -125,11 +149,13 @@ def load_artifact(path: str | os.PathLike, *, trust_remote_code: bool = False
         for alias, name in doc.get("aliases", {}).items():
             tensors[alias] = tensors[name]
         gm = graph_from_json(doc["graph"], tensors, trust_remote_code=trust_remote_code)
-        sig = FlatSignature.from_json(doc["signature"])
+        sig = FlatSignature.from_json(doc["signature"], trusted=trust_remote_code)
         inputs_file = read_artifact_tensors(root / "example_inputs.safetensors", "artifact example inputs")
-        inputs = [inputs_file[f"input_{i}"] for i in range(int(doc["num_inputs"]))]
+        inputs = _example_inputs(doc, inputs_file)
     except (UnsafeArtifactError, ArtifactError):
         raise
+    except UnsafeTreeSpecError as exc:
+        raise UnsafeArtifactError(f"artifact {root}: {exc}; refused") from exc
     except Exception as exc:
         raise ArtifactError(f"cannot load artifact {root}: {type(exc).__name__}: {exc}") from exc
     config = read_artifact_json(root / "config.json", "artifact config") if (root / "config.json").exists() else {}

@@ -47,8 +47,12 @@ _NODE_OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_mo
 _MODULE_MACHINERY = frozenset(vars(nn.Module()))
 
 
-def _identifier(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not _IDENT.match(name) or keyword.iskeyword(name) or name.startswith("__"):
+def _identifier(name: Any, what: str, *, leading_underscores: bool = False) -> str:
+    """A plain identifier. ``leading_underscores``: node names, which are local variables of the
+    generated code, may start with ``__`` (torch.export names ``aten.__and__`` nodes ``__and___tensor``)
+    but may not be dunders; member names never start with ``__`` (``__class__``, ``__dict__``...)."""
+    plain = isinstance(name, str) and _IDENT.match(name) and not keyword.iskeyword(name)
+    if not plain or (name.startswith("__") and (name.endswith("__") or not leading_underscores)):
         raise UnsafeArtifactError(f"{what} {str(name)[:80]!r} is not a plain Python identifier; refused")
     return name
 
@@ -414,7 +418,7 @@ def _graph_from_json(data: dict, prefix: str, tensors: dict[str, torch.Tensor], 
     for nd in data["nodes"]:
         if nd.get("op") not in _NODE_OPS:
             raise UnsafeArtifactError(f"unknown node op {str(nd.get('op'))[:40]!r}")
-        name = _identifier(nd.get("name"), "node name")
+        name = _identifier(nd.get("name"), "node name", leading_underscores=True)
         if name in env:
             raise UnsafeArtifactError(f"node name {name!r} appears twice; refused")
         target = _target(nd, root, trusted)

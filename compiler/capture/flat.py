@@ -4,7 +4,8 @@ The captured graph always takes a flat tuple of tensors and returns a flat
 tuple of tensors. ``FlatSignature`` remembers how to get there and back: the
 pytree spec of ``(args, kwargs)`` and of the output, and the non-tensor leaves
 (flags, ints, None) that were constant at capture time. HF ``ModelOutput``
-dataclasses are pytree nodes (transformers registers them), so they round-trip.
+dataclasses are pytree nodes (transformers registers them), so they round-trip;
+on load their classes are found by an exact rule (``autoglm.ir.treespec``).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class FlatSignature:
         if not kwargs and self.positional_tensors_only and len(args) == len(self.in_positions) and all(
                 type(a) is torch.Tensor for a in args):
             return args  # fast path: plain positional tensors need no pytree walk
-        leaves, spec = tree_flatten((tuple(args), dict(kwargs)))
+        leaves, spec = tree_flatten((tuple(args), self._keyword_order(kwargs)))
         if spec != self.in_spec:
             raise TypeError(
                 "compiled model called with a different input structure than it was compiled for: "
@@ -79,6 +80,21 @@ class FlatSignature:
                 f"(compiled with {self.in_consts}, called with {consts}); compile again with these values"
             )
         return tensors
+
+    def _keyword_order(self, kwargs: dict) -> dict:
+        """``kwargs`` in the compiled order (keyword order carries no meaning, but a dict's
+        treespec lists its keys in order: inputs read from a file come sorted by name);
+        a missing or unexpected keyword is named in a one-line error."""
+        compiled = self.in_spec.children_specs[1].context if self.in_spec.num_children == 2 else None
+        if not isinstance(compiled, list) or list(kwargs) == compiled:
+            return dict(kwargs)
+        missing = [k for k in compiled if k not in kwargs]
+        extra = [k for k in kwargs if k not in compiled]
+        if missing or extra:
+            parts = ([f"missing keyword input(s) {', '.join(missing)}"] if missing else []) + (
+                [f"unexpected keyword input(s) {', '.join(extra)}"] if extra else [])
+            raise TypeError(f"compiled model called with {'; '.join(parts)} (compiled for {', '.join(compiled)})")
+        return {k: kwargs[k] for k in compiled}
 
     @property
     def positional_tensors_only(self) -> bool:
@@ -107,14 +123,16 @@ class FlatSignature:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "FlatSignature":
-        from torch.utils._pytree import treespec_loads
+    def from_json(cls, data: dict[str, Any], *, trusted: bool = False) -> "FlatSignature":
+        """Read back ``to_json``; the structures are checked as data (``autoglm.ir.treespec``)."""
+        from autoglm.ir.treespec import load_treespec
 
         return cls(
-            in_spec=treespec_loads(data["in_spec"]),
+            in_spec=load_treespec(data["in_spec"], "input structure", trusted=trusted),
             in_positions=list(data["in_positions"]),
             in_consts={int(k): v for k, v in data["in_consts"].items()},
-            out_spec=treespec_loads(data["out_spec"]) if data["out_spec"] else None,
+            out_spec=(load_treespec(data["out_spec"], "output structure", trusted=trusted)
+                      if data["out_spec"] else None),
             out_positions=list(data["out_positions"]),
             out_consts={int(k): v for k, v in data["out_consts"].items()},
         )

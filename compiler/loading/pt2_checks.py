@@ -32,6 +32,7 @@ from typing import Any
 
 from autoglm.loading.file_safety import ModelLoadError, UnsafeFileError
 from autoglm.loading.file_safety import comment_safe
+from autoglm.ir.treespec import UnsafeTreeSpecError, checked_treespec_text
 from autoglm.loading.op_table import TRUST_FLAG, UnsafeArtifactError, resolve_function
 
 __all__ = ["check_model_doc", "check_payload_config", "check_sympy_expr", "check_guard", "MAX_JSON_DEPTH"]
@@ -45,7 +46,7 @@ _NAME_KEYS = ("name", "as_name", "user_input_name")
 _FQN_KEYS = ("parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn")
 _NAME_LIST_KEYS = ("forward_arg_names", "field_names")
 _NAMED_DICT_KEYS = ("tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values")
-_JSON_TEXT_KEYS = ("in_spec", "out_spec")  # treespecs: JSON text torch parses as data (a type registry lookup)
+_JSON_TEXT_KEYS = ("in_spec", "out_spec")  # treespecs: JSON text checked by autoglm.ir.treespec
 
 _SYMBOL_RE = re.compile(r"^[a-z]{1,3}\d+$")
 _SYMPY_NAMES = {
@@ -117,11 +118,10 @@ def _check_string(entry: str, key: str, value: str, trusted: bool) -> str:
     if key == "stack_trace":
         return comment_safe(value)
     if key in _JSON_TEXT_KEYS:
-        try:
-            json.loads(value)
-        except (ValueError, RecursionError) as exc:
-            raise _refuse(entry, key, value) from exc
-        return value
+        try:  # torch reads what this returns: only type look-ups, no imports (autoglm.ir.treespec)
+            return checked_treespec_text(value, f"{entry}: {key}")
+        except UnsafeTreeSpecError as exc:
+            raise UnsafeFileError(f"{exc}; refused; if you trust this file, {TRUST_FLAG}") from exc
     if not _PLAIN.match(value):
         raise _refuse(entry, f"string under {key!r}", value)
     if key in ("target", "as_operator"):

@@ -24,8 +24,10 @@ from typing import Any, Sequence
 import torch
 
 from autoglm.artifacts.directory import ARTIFACT_VERSION, ArtifactError, load_artifact, read_artifact_json
+from autoglm.artifacts.graph_json import UnsafeArtifactError
 from autoglm.capture.branching import BranchInfo, Segment
 from autoglm.capture.flat import FlatSignature
+from autoglm.ir.treespec import UnsafeTreeSpecError
 from autoglm.driver.graph import DriverOptions, executor_for_loaded
 from autoglm.program.program import Program, ProgramOptions, _SegmentPlan
 from autoglm.program.save import PROGRAM_FILE
@@ -63,9 +65,11 @@ def load_program(path: str | os.PathLike, *, trust_remote_code: bool = False) ->
     try:
         doc = read_artifact_json(root / PROGRAM_FILE, "program")
         version = doc.get("artifact_version"), doc.get("kind")
-        signature = FlatSignature.from_json(doc["signature"])
+        signature = FlatSignature.from_json(doc["signature"], trusted=trust_remote_code)
         config = dict(doc["config"])
         entries = list(doc["segments"])
+    except UnsafeTreeSpecError as exc:
+        raise UnsafeArtifactError(f"program {root}: {exc}; refused") from exc
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{root / PROGRAM_FILE} is not a valid autoglm program: {type(exc).__name__}: {exc}") \
             from exc
