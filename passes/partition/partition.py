@@ -4,8 +4,11 @@
     after:   same graph; annotation(node).partition:
              x:0  lin1:0 relu:0 | lin2:1 relu:1 | lin3:1    (k=2)
 
-The graph is unchanged unless a heavy node keeps the parts from balance (it is
-then split exactly, see ``partition_split.py``; ``split=False`` turns that off).
+The graph changes only where a shape value (``x.shape``, a size) is read in
+several partitions: each of them gets its own copy of the cheap shape nodes
+(``shapes.py``), since only tensors cross a boundary; and where a heavy node
+keeps the parts from balance (it is then split exactly, see ``split.py``;
+``split=False`` turns that off).
 The pass writes ``annotation(node).partition`` on every compute node
 (placeholders and ``get_attr`` take the partition of their first reader) and
 leaves the plan in ``ctx.notes["partition"]["plan"]``
@@ -37,6 +40,7 @@ from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.partition.baselines import even_partition, fill_empty_parts, has_loop, metis_partition
+from autoglm.passes.partition.shapes import place_shape_nodes
 from autoglm.passes.partition.split import balance_splits, split_for_balance
 from autoglm.passes.partition.refine import (UnitGraph, balanced_stage_cost, build_unit_graph, cut_bytes, cut_sequence,
                                              effective_costs, forwarded_bytes, is_monotone, louvain_order, part_costs,
@@ -174,9 +178,13 @@ def _partition_units(ug: UnitGraph, o: PartitionOptions) -> tuple[list[int], dic
 
 
 def _plan(gm: fx.GraphModule, ug: UnitGraph, part: list[int], o: PartitionOptions, node_part: dict[fx.Node, int],
-          extra: dict[str, Any], wall: float) -> PartitionPlan:
+          extra: dict[str, Any], wall: float, node_cost) -> PartitionPlan:
     k = o.k
     costs = part_costs(ug, part, k)
+    in_units = {n for nodes in ug.units for n in nodes}
+    for n, p in node_part.items():  # shape nodes and their copies: a part costs what all its nodes cost
+        if n not in in_units:
+            costs[p] += node_cost(n)
     params = [0] * k
     for u, p in enumerate(part):
         params[p] += ug.param_bytes[u]
@@ -264,6 +272,10 @@ class Partition(GraphPass):
         extra["splits"] = splits
         extra["split_refused"] = split_refused
         node_part = {n: part[u] for u, nodes in enumerate(ug.units) for n in nodes}
+        # Sizes cannot cross: each partition that reads one gets its own copy (shapes.py).
+        copied = place_shape_nodes(gm, ug.shapes, node_part)
+        if copied:
+            gm.recompile()
         # Inputs and weights live where they are first read.
         for n in gm.graph.nodes:
             if n.op in ("placeholder", "get_attr"):
@@ -271,14 +283,14 @@ class Partition(GraphPass):
                 if readers:
                     node_part[n] = min(readers)
         wall = time.perf_counter() - t0
-        modified = bool(splits)
+        modified = bool(splits) or copied
         for n in gm.graph.nodes:
             want = node_part.get(n)
             if annotation(n).partition != want:
                 annotation(n).partition = want
                 modified = True
         plan = _plan(gm, ug, part, o, {n: p for n, p in node_part.items() if n.op not in ("placeholder", "get_attr")},
-                     extra, wall)
+                     extra, wall, node_cost)
         ctx.notes[self.name] = {"plan": plan, "k": o.k, "method": o.method, "cut_bytes": plan.cut_bytes,
                                 "imbalance": plan.imbalance, "time_s": wall}
         return PassResult(gm, modified)

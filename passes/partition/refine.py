@@ -3,10 +3,14 @@
 Helpers of the ``partition`` pass (``passes/partition/partition.py``), not a pass itself.
 
 *Units* are the atoms of partitioning: compute nodes joined when the value
-between them is not a single transferable tensor (shapes, ints, tuples read
-through ``getitem``), so only tensors ever cross a boundary. A unit's weight is
-its cost (``CostModel.node_cost``); a *value* is one node's tensor output with
-the units that read it; its bytes weigh the edges.
+between them is not a single transferable tensor (ints, tuples read through
+``getitem``), so only tensors ever cross a boundary. A unit's weight is its cost
+(``CostModel.node_cost``); a *value* is one node's tensor output with the units
+that read it; its bytes weigh the edges. Shape values (``x.shape``, sizes and
+arithmetic on them) are no part of any unit: the pass recomputes them in every
+partition that reads them (``shapes.py``), so a reader of a shape value reads,
+in the unit graph, the tensors the value comes from. Otherwise one
+``B, T, C = x.shape`` used by every block would join every block into one unit.
 
 Refinement, in order:
 
@@ -41,6 +45,7 @@ from typing import Sequence
 import torch.fx as fx
 
 from autoglm.ir.meta import annotation, output_specs
+from autoglm.passes.partition.shapes import shape_nodes, shape_sources
 
 __all__ = ["UnitGraph", "build_unit_graph", "louvain_order", "cut_sequence", "min_max_cap", "refine_moves",
            "cut_bytes", "forwarded_bytes", "is_monotone", "part_costs", "balanced_stage_cost", "effective_costs"]
@@ -57,6 +62,7 @@ class UnitGraph:
     values: list[tuple[int, int, tuple[int, ...]]]
     preds: list[set[int]] = field(default_factory=list)
     succs: list[set[int]] = field(default_factory=list)
+    shapes: list[fx.Node] = field(default_factory=list)  # shape nodes, in no unit (copied per partition)
 
     @property
     def n(self) -> int:
@@ -148,16 +154,31 @@ def _topo_order(n: int, succs: Sequence[set[int]], key: Sequence[float]) -> list
     return order
 
 
+def _readers(nodes: list[fx.Node], shapes: list[fx.Node]) -> dict[fx.Node, set[fx.Node]]:
+    """Per unit node, the unit nodes that read its value: directly, or through a shape node computed from it."""
+    in_units = set(nodes)
+    readers = {n: {u for u in n.users if u in in_units} for n in nodes}
+    sources = shape_sources(shapes)
+    for s in shapes:
+        for src in sources[s]:
+            if src in readers:
+                readers[src].update(u for u in s.users if u in in_units)
+    return readers
+
+
 def build_unit_graph(gm: fx.GraphModule, node_cost) -> UnitGraph:
     """Group compute nodes into units and weigh them; ``node_cost(node) -> seconds``."""
-    nodes = [n for n in gm.graph.nodes if n.op in _COMPUTE]
+    shapes = shape_nodes(gm)
+    copied = set(shapes)
+    nodes = [n for n in gm.graph.nodes if n.op in _COMPUTE and n not in copied]
     pos = {n: i for i, n in enumerate(nodes)}
+    readers = _readers(nodes, shapes)
     uf = _UnionFind(len(nodes))
     for n in nodes:
         for a in n.all_input_nodes:
             if a not in pos:
                 continue
-            # Non-tensor values (sizes, ints, tuples) never cross: keep them with their reader.
+            # Other non-tensor values (ints, tuples) never cross: keep them with their reader.
             if len(output_specs(a)) != 1 or isinstance(a.meta.get("val"), (tuple, list)):
                 uf.union(pos[a], pos[n])
     groups: dict[int, list[int]] = {}
@@ -172,8 +193,8 @@ def build_unit_graph(gm: fx.GraphModule, node_cost) -> UnitGraph:
     m = len(roots)
     succs: list[set[int]] = [set() for _ in range(m)]
     for n in nodes:
-        for user in n.users:
-            if user in pos and unit_of[pos[user]] != unit_of[pos[n]]:
+        for user in readers[n]:
+            if unit_of[pos[user]] != unit_of[pos[n]]:
                 succs[unit_of[pos[n]]].add(unit_of[pos[user]])
     comp = _sccs(m, succs)
     ncomp = max(comp) + 1 if comp else 0
@@ -196,7 +217,7 @@ def build_unit_graph(gm: fx.GraphModule, node_cost) -> UnitGraph:
     succ2: list[set[int]] = [set() for _ in units]
     for n in nodes:
         src = final_of[n]
-        dsts = sorted({final_of[u] for u in n.users if u in final_of and final_of[u] != src})
+        dsts = sorted({final_of[u] for u in readers[n] if final_of[u] != src})
         if not dsts:
             continue
         nbytes = sum(s.nbytes for s in output_specs(n))
@@ -204,7 +225,7 @@ def build_unit_graph(gm: fx.GraphModule, node_cost) -> UnitGraph:
         for d in dsts:
             succ2[src].add(d)
             preds[d].add(src)
-    return UnitGraph(units, cost, params, values, preds, succ2)
+    return UnitGraph(units, cost, params, values, preds, succ2, shapes)
 
 
 def louvain_order(ug: UnitGraph, resolution: float, seed: int) -> tuple[list[int], int, int]:
@@ -325,29 +346,27 @@ def _dp(costs: Sequence[float], cross: Sequence[int], k: int, cap: float,
     prev = [0.0 if prefix[i] <= cap + eps else inf for i in range(n + 1)]
     prev[0] = inf
     back: list[list[int]] = []
+    keep, limit = 1.0 - fill, cap + eps
     for j in range(2, k + 1):
+        val = [p + c for p, c in zip(prev, cross)]  # a segment starting at a: best before it + the cut at a
         cur = [inf] * (n + 1)
         arg = [-1] * (n + 1)
-        window: deque[int] = deque()  # candidate starts a, increasing value prev[a] + cross[a]
+        window: deque[int] = deque()  # candidate starts a, increasing val[a]
         lo = 0
-        nxt = 0
         for i in range(j, n + 1):
-            while nxt <= i - 1:  # admit a = nxt
-                a = nxt
-                nxt += 1
-                if a < j - 1 or prev[a] == inf:
-                    continue
-                v = prev[a] + cross[a]
-                while window and prev[window[-1]] + cross[window[-1]] >= v:
+            a = i - 1  # the start this end admits (starts before j - 1 leave too few units)
+            if prev[a] != inf:
+                v = val[a]
+                while window and val[window[-1]] >= v:
                     window.pop()
                 window.append(a)
-            while prefix[i] - (1.0 - fill) * prefix[lo] > cap + eps:
+            while prefix[i] - keep * prefix[lo] > limit:
                 lo += 1
             while window and window[0] < lo:
                 window.popleft()
             if window:
                 a = window[0]
-                cur[i] = prev[a] + cross[a]
+                cur[i] = val[a]
                 arg[i] = a
         back.append(arg)
         prev = cur
