@@ -72,11 +72,21 @@ def test_load_does_not_run_the_graph(base: Path) -> None:
     torch.testing.assert_close(cm(torch.ones(2, 4)), cm.graph_module(torch.ones(2, 4))[0])
 
 
-def test_fx_wrapped_functions_need_trust_remote_code(tmp_path: Path) -> None:
+def _keep_wrapped_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capture now inlines fx.wrap-ed functions; artifacts saved before (or with inlining off)
+    still hold the call, and that is what these tests load."""
+    from autoglm.capture.symbolic import AutoglmTracer
+
+    monkeypatch.setattr(AutoglmTracer, "inline_wrapped_functions", False)
+
+
+def test_fx_wrapped_functions_need_trust_remote_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A user function in the graph is user code: refused by default, loadable when the user vouches for it."""
     import autoglm
     from autoglm.loading.op_table import UnsafeArtifactError
     from tests.hostile.wrapped import UsesWrapped
+
+    _keep_wrapped_calls(monkeypatch)
 
     model, x = UsesWrapped().eval(), torch.randn(2, 4)
     cm = autoglm.compile(model, (x,), passes="none", frontend="symbolic")
@@ -88,7 +98,7 @@ def test_fx_wrapped_functions_need_trust_remote_code(tmp_path: Path) -> None:
     torch.testing.assert_close(trusted(x), model(x))
 
 
-def test_cli_trust_remote_code_flag(tmp_path: Path) -> None:
+def test_cli_trust_remote_code_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``autoglm inspect DIR`` refuses a graph calling a user function; ``--trust-remote-code`` loads it."""
     import os
     import subprocess
@@ -96,6 +106,8 @@ def test_cli_trust_remote_code_flag(tmp_path: Path) -> None:
 
     import autoglm
     from tests.hostile.wrapped import UsesWrapped
+
+    _keep_wrapped_calls(monkeypatch)
 
     autoglm.compile(UsesWrapped().eval(), (torch.randn(2, 4),), passes="none", frontend="symbolic").save(tmp_path / "a")
     root = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
 Plain FX refuses ``if h.sum() > 0:`` (``Proxy.__bool__`` has no value to give).
 ``BranchingTracer`` replays a list of decided outcomes instead: the k-th time
 the model asks for a Python value of a traced tensor (``to_bool``, ``iter``,
-``x in t``), it returns the k-th decided outcome and records a branch point. At
+``len``, ``x in t``), it returns the k-th decided outcome and records a branch point. At
 the first undecided branch it stops the trace (``Undecided``), carrying the
 predicate node and the values the rest of the model can still use.
 
@@ -37,7 +37,7 @@ from torch.fx.proxy import Attribute, Proxy
 
 from autoglm.capture.errors import CaptureError, user_frame
 from autoglm.capture.flat import FlatSignature, fixed_arity_flat_call
-from autoglm.capture.symbolic import AutoglmTracer
+from autoglm.capture.symbolic import AutoglmTracer, LengthHook
 from autoglm.ir.effects import has_side_effects
 
 __all__ = ["BranchInfo", "BranchingTracer", "Segment", "Undecided", "trace_segment", "tensor_contains",
@@ -46,7 +46,7 @@ __all__ = ["BranchInfo", "BranchingTracer", "Segment", "Undecided", "trace_segme
 # Kinds of branch point: the Python value the model asked for.
 BOOL = "bool"  # if / while / assert / `x in t`: outcome is True or False
 SHAPE = "shape"  # a bool that depends only on input shapes: a guard on the input signature
-LENGTH = "len"  # iteration over a traced tensor: outcome is its length
+LENGTH = "len"  # len() of a traced value or iteration over a tensor: outcome is the length
 
 
 def tensor_contains(container: torch.Tensor, item: Any) -> torch.Tensor:
@@ -78,9 +78,10 @@ class NondeterministicTraceError(CaptureError):
     """Two traces with the same decided outcomes disagreed."""
 
 
-class _TensorLike:
+class _TensorLike(LengthHook):
     """``item in proxy`` as one guard, the way ``torch.Tensor.__contains__`` computes it
-    (plain FX would iterate the tensor: a length guard plus one guard per element)."""
+    (plain FX would iterate the tensor: a length guard plus one guard per element);
+    ``len(proxy)`` through the tracer's ``length`` (``LengthHook``)."""
 
     tracer: Any
 
@@ -174,6 +175,12 @@ class BranchingTracer(AutoglmTracer):
         length = self.create_proxy("call_method", "size", (obj, 0), {})
         n = int(self._decide(length.node, LENGTH))
         return iter([obj[i] for i in range(n)])
+
+    def length(self, obj: Proxy) -> int:
+        # ``len(x.shape)`` (a rank), ``len(x)`` (size 0), ``len(out)`` of a traced tuple: Python's
+        # own len, read at run time, so a new rank or batch size is a new path, never a frozen one.
+        n = self.create_proxy("call_function", len, (obj,), {})
+        return int(self._decide(n.node, LENGTH))
 
     def _decide(self, predicate: fx.Node, kind: str) -> Any:
         info = BranchInfo(user_frame(), _describe(predicate), kind)
