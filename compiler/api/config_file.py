@@ -35,6 +35,7 @@ import ast
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,9 +44,10 @@ from autoglm.loading.bounded_read import parse_document, read_user_file
 from autoglm.ir.pass_base import GraphPass
 from autoglm.passes.spec import SpecError, parse_spec
 
-__all__ = ["ConfigError", "CompileConfig", "load_config", "apply_overrides", "passes_from_value"]
+__all__ = ["ConfigError", "CompileConfig", "load_config", "apply_overrides", "passes_from_value",
+           "dynamic_from_value"]
 
-TOP_LEVEL_KEYS = ("passes", "devices", "frontend", "cost", "verify", "backend")
+TOP_LEVEL_KEYS = ("passes", "devices", "frontend", "cost", "verify", "backend", "dynamic")
 PassItem = tuple[str, dict[str, Any]]
 
 
@@ -63,6 +65,7 @@ class CompileConfig:
     cost: str = "analytic"
     verify: bool = False
     backend: str = "fx"
+    dynamic: Any = None  # autoglm.compile's dynamic=: None infers, False is static, a dict states dims
     source: str = ""  # where it came from, for messages
     overrides: list[str] = field(default_factory=list)
 
@@ -93,6 +96,7 @@ class CompileConfig:
             "cost": self.cost,
             "verify": self.verify,
             "backend": self.backend,
+            **({"dynamic": _dynamic_value(self.dynamic)} if self.dynamic is not None else {}),
         }
 
 
@@ -214,11 +218,63 @@ def _from_mapping(doc: Any, where: str) -> CompileConfig:
             if not isinstance(doc[key], str):
                 raise ConfigError(f"{where}: {key!r} must be a string, got {doc[key]!r}")
             setattr(cfg, key, doc[key])
+    if "dynamic" in doc:
+        cfg.dynamic = dynamic_from_value(doc["dynamic"], where)
     if "verify" in doc:
         if not isinstance(doc["verify"], bool):
             raise ConfigError(f"{where}: 'verify' must be true or false, got {doc['verify']!r}")
         cfg.verify = doc["verify"]
     return cfg
+
+
+_DIM_TEXT = re.compile(r"(\d+)=([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+):(\d*)\])?\Z")
+
+
+def dynamic_from_value(value: Any, where: str) -> Any:
+    """``dynamic`` from a file or ``--dynamic``: ``auto`` (infer), ``static``/false, a mapping
+    ``{input: {dim: name or [name, min, max]}}`` or the text ``input_ids:0=batch,1=seq[1:512];mask:...``."""
+    if value is None or value is True or value == "auto":
+        return None
+    if value is False or value in ("static", "none", "false"):
+        return False
+    if isinstance(value, str):
+        value = _dynamic_text(value, where)
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+        raise ConfigError(f"{where}: 'dynamic' must be auto, static, or a mapping of input -> {{dim: name}}")
+    out: dict[str, dict[int, Any]] = {}
+    for name, dims in value.items():
+        for d, spec in dims.items():
+            if not str(d).isdigit():
+                raise ConfigError(f"{where}: dynamic {name!r}: dimension {d!r} is not a number")
+            if isinstance(spec, list) and len(spec) == 3:
+                spec = tuple(spec)
+            elif not isinstance(spec, str):
+                raise ConfigError(f"{where}: dynamic {name!r}[{d}] must be a name or [name, min, max]")
+            out.setdefault(name, {})[int(d)] = spec
+    return out
+
+
+def _dynamic_text(text: str, where: str) -> dict[str, dict[int, Any]]:
+    out: dict[str, dict[int, Any]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, dims = part.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f"{where}: dynamic {part!r} must look like input_ids:0=batch,1=seq[1:512]")
+        for item in dims.split(","):
+            m = _DIM_TEXT.match(item.strip())
+            if not m:
+                raise ConfigError(f"{where}: dynamic {item.strip()!r} must look like 1=seq or 1=seq[1:512]")
+            d, dim_name, lo, hi = m.groups()
+            spec = dim_name if lo is None else [dim_name, int(lo), int(hi) if hi else None]
+            out.setdefault(name.strip(), {})[d] = spec
+    return out
+
+
+def _dynamic_value(dynamic: Any) -> Any:
+    """The config-file spelling of a ``dynamic`` setting (for effective configs)."""
+    if dynamic is False:
+        return "static"
+    return {k: {str(d): (list(s) if isinstance(s, tuple) else s) for d, s in v.items()} for k, v in dynamic.items()}
 
 
 def load_config(path: str | os.PathLike) -> CompileConfig:
@@ -248,7 +304,7 @@ def apply_overrides(cfg: CompileConfig, sets: Sequence[str]) -> CompileConfig:
             if key not in TOP_LEVEL_KEYS or key == "passes":
                 valid = ", ".join(k for k in TOP_LEVEL_KEYS if k != "passes")
                 raise ConfigError(f"--set {text!r}: unknown setting {key!r}; valid: {valid}, or pass.option")
-            merged = _from_mapping({key: raw if key in ("devices", "frontend", "cost", "backend")
+            merged = _from_mapping({key: raw if key in ("devices", "frontend", "cost", "backend", "dynamic")
                                     else _literal(raw)}, f"--set {text}")
             setattr(cfg, key, getattr(merged, key))
             continue

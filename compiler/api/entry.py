@@ -47,6 +47,7 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     backend_options: dict[str, Any] | None = None,
     max_plans: int = 64,
     on_limit: str = "eager",
+    dynamic: Any = None,
 ) -> CompiledModel:
     """Capture ``model``, run ``passes`` over its graph and return a drop-in callable.
 
@@ -59,6 +60,9 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     Models with data-dependent branches return an ``autoglm.program.program.Program``
     that compiles one path per outcome sequence, at most ``max_plans`` of them,
     then follows ``on_limit`` (``"eager"`` or ``"error"``); see docs/dynamic_graphs.md.
+    ``dynamic``: which input dimensions may change between calls: ``None`` infers batch and
+    sequence dims, ``False`` fixes every shape, ``{"input_ids": {0: "batch", 1: ("seq", 1, 512)}}``
+    states them, a list of other example inputs marks the dims that differ; see docs/dynamic_shapes.md.
     """
     if backend not in ("fx", "onnxruntime"):
         raise ValueError(f"backend must be 'fx' or 'onnxruntime', got {backend!r}")
@@ -68,7 +72,7 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with _preserved_state(model):
-        captured = capture(model, args, kwargs, frontend=frontend, branches=True)
+        captured = capture(model, args, kwargs, frontend=frontend, branches=True, dynamic=dynamic)
     timings["capture_s"] = time.perf_counter() - t0
     options = DriverOptions(pipeline, devices, verify=verify, cost=cost, calibration=calibration, measure=measure)
     if captured.frontend == "branching":  # data-dependent control flow: one graph per path
@@ -82,7 +86,7 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
         # The branching trace failed for another reason: export the whole model, and keep why.
         reasons = {**captured.reasons, "branching": program}
         with _preserved_state(model):
-            captured = capture(model, args, kwargs, frontend="export")
+            captured = capture(model, args, kwargs, frontend="export", dynamic=dynamic)
         captured.reasons = {**reasons, **captured.reasons}
     with _preserved_state(model):
         compiled = compile_graph(captured.graph_module, captured.flat_inputs, options, timings=timings)
@@ -92,7 +96,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     config = options.config(frontend=captured.frontend, backend=backend)
     cm = CompiledModel(compiled.graph_module, captured.signature, captured.flat_inputs, config, compiled.records,
                        captured.frontend, executor=compiled.executor,
-                       notes={**compiled.notes, "timings": timings, "frontend_reasons": captured.reasons})
+                       notes={**compiled.notes, **captured.notes, "timings": timings,
+                              "frontend_reasons": captured.reasons})
     if backend == "onnxruntime":
         from autoglm.export.onnx.export import attach_onnxruntime
 

@@ -17,6 +17,8 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
+from autoglm.capture.dynamic import dims_from_json, dims_to_json
+
 __all__ = ["FlatSignature", "Captured", "FlatCall", "fixed_arity_flat_call", "split_leaves", "merge_leaves"]
 
 
@@ -53,6 +55,10 @@ class FlatSignature:
     out_spec: TreeSpec | None = None
     out_positions: list[int] = field(default_factory=list)
     out_consts: dict[int, Any] = field(default_factory=dict)
+    # Input dimensions the graph takes at any size in their range (autoglm.capture.dynamic):
+    # None: every size is read at run time (symbolic FX); {}: every dimension fixed to the example.
+    dynamic: dict | None = None
+    input_names: list[str] = field(default_factory=list)  # one per flat tensor, for messages
 
     @classmethod
     def from_inputs(cls, args: tuple, kwargs: dict) -> tuple["FlatSignature", list[torch.Tensor]]:
@@ -85,7 +91,7 @@ class FlatSignature:
         """``kwargs`` in the compiled order (keyword order carries no meaning, but a dict's
         treespec lists its keys in order: inputs read from a file come sorted by name);
         a missing or unexpected keyword is named in a one-line error."""
-        compiled = self.in_spec.children_specs[1].context if self.in_spec.num_children == 2 else None
+        compiled = self.in_spec.child(1).context if self.in_spec.num_children == 2 else None
         if not isinstance(compiled, list) or list(kwargs) == compiled:
             return dict(kwargs)
         missing = [k for k in compiled if k not in kwargs]
@@ -93,7 +99,8 @@ class FlatSignature:
         if missing or extra:
             parts = ([f"missing keyword input(s) {', '.join(missing)}"] if missing else []) + (
                 [f"unexpected keyword input(s) {', '.join(extra)}"] if extra else [])
-            raise TypeError(f"compiled model called with {'; '.join(parts)} (compiled for {', '.join(compiled)})")
+            raise TypeError(f"compiled model called with a different input structure than it was compiled for: "
+                            f"{'; '.join(parts)} (compiled for {', '.join(compiled)})")
         return {k: kwargs[k] for k in compiled}
 
     @property
@@ -120,6 +127,8 @@ class FlatSignature:
             "out_spec": treespec_dumps(self.out_spec) if self.out_spec is not None else None,
             "out_positions": self.out_positions,
             "out_consts": {str(k): _const_json(v) for k, v in self.out_consts.items()},
+            "dynamic": dims_to_json(self.dynamic) if self.dynamic is not None else None,
+            "input_names": list(self.input_names),
         }
 
     @classmethod
@@ -135,7 +144,18 @@ class FlatSignature:
                       if data["out_spec"] else None),
             out_positions=list(data["out_positions"]),
             out_consts={int(k): v for k, v in data["out_consts"].items()},
+            dynamic=(dims_from_json(data["dynamic"], len(data["in_positions"]))
+                     if data.get("dynamic") is not None else None),
+            input_names=_plain_names(data.get("input_names", [])),
         )
+
+
+def _plain_names(names: Any) -> list[str]:
+    """Input names from a file: shown in messages only, so plain printable names."""
+    if not (isinstance(names, list) and all(isinstance(n, str) and n.isprintable() and len(n) < 200
+                                            for n in names)):
+        raise ValueError("input_names must be a list of short printable names")
+    return list(names)
 
 
 def _same_const(a: Any, b: Any) -> bool:
@@ -197,3 +217,4 @@ class Captured:
     frontend: str
     flat_inputs: list[torch.Tensor]
     reasons: dict[str, str] = field(default_factory=dict)  # why earlier frontends failed
+    notes: dict[str, str] = field(default_factory=dict)  # e.g. why inferred dynamic dims were dropped

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from autoglm.capture.dynamic import DynamicDims, flat_input_names, requested_dims
 from autoglm.capture.errors import CaptureError
 from autoglm.capture.export import export_capture
 from autoglm.capture.flat import Captured, FlatCall, FlatSignature, fixed_arity_flat_call
@@ -21,7 +22,7 @@ def _symbolic(root: FlatCall, flat_inputs: list[torch.Tensor]) -> fx.GraphModule
 
 
 def _export(root: FlatCall, flat_inputs: list[torch.Tensor]) -> fx.GraphModule:
-    return export_capture(root, flat_inputs)
+    return export_capture(root, flat_inputs)[0]
 
 
 # Order matters: symbolic keeps module structure (readable graphs, cheap capture);
@@ -54,14 +55,29 @@ def _written_for_export(model: nn.Module) -> bool:
                for cls in type(model).__mro__)
 
 
+def _export_dynamic(root: FlatCall, flat_inputs: list[torch.Tensor], wanted: DynamicDims, auto: bool,
+                    notes: dict[str, str]) -> tuple[fx.GraphModule, DynamicDims]:
+    """Export with the wanted dynamic dimensions; an inferred request that torch refuses is
+    compiled static instead, and ``notes`` says why (a stated one raises)."""
+    try:
+        return export_capture(root, flat_inputs, wanted, auto)
+    except Exception as exc:  # noqa: BLE001 - torch refuses dynamic dims in many ways
+        if not auto:
+            raise
+        notes["dynamic"] = f"compiled static: torch.export refused the inferred dynamic dims ({_one_line(exc)})"
+        return export_capture(root, flat_inputs)
+
+
 def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, frontend: str = "auto",
-            branches: bool = False) -> Captured:
+            branches: bool = False, dynamic: Any = None) -> Captured:
     """Capture ``model(*args, **kwargs)`` into a flat graph.
 
     ``frontend`` is ``"auto"`` (try each in order), ``"symbolic"`` or ``"export"``.
     ``branches=True``: when the symbolic frontend fails only on data-dependent
     control flow, return ``Captured(graph_module=None, frontend="branching")``;
     the caller builds an ``autoglm.program.program.Program`` from the signature.
+    ``dynamic``: which input dimensions may change between calls (``autoglm.capture.dynamic``);
+    it matters for the export frontend, whose graph is otherwise fixed to the example.
     """
     kwargs = dict(kwargs or {})
     if not isinstance(model, nn.Module):
@@ -72,6 +88,9 @@ def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, fron
     sig, flat_inputs = FlatSignature.from_inputs(args, kwargs)
     if not flat_inputs:
         raise ValueError("example_inputs contain no tensors; pass the tensors the model is called with")
+    input_names = flat_input_names(args, kwargs)
+    wanted, auto = requested_dims(dynamic, input_names, flat_inputs)
+    notes: dict[str, str] = {}
     with torch.no_grad():
         reference = model(*args, **kwargs)  # eager once: real errors surface as themselves
     del reference
@@ -80,8 +99,13 @@ def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, fron
     for name in names:
         trial_sig = copy.copy(sig)
         root = fixed_arity_flat_call(model, trial_sig, len(flat_inputs))
+        # Symbolic FX graphs read sizes at run time: only dims the user stated (or False) are checked.
+        dims: DynamicDims | None = None if auto else wanted
         try:
-            gm = FRONTENDS[name](root, flat_inputs)
+            if name == "export":
+                gm, dims = _export_dynamic(root, flat_inputs, wanted, auto, notes)
+            else:
+                gm = FRONTENDS[name](root, flat_inputs)
         except Exception as exc:  # each frontend fails in its own way; keep the reason
             reasons[name] = _one_line(exc)
             source = source or getattr(exc, "source", "")
@@ -91,5 +115,6 @@ def capture(model: nn.Module, args: tuple = (), kwargs: dict | None = None, fron
         if trial_sig.out_spec is None:
             reasons[name] = "captured graph never produced an output structure"
             continue
-        return Captured(gm, trial_sig, name, list(flat_inputs), reasons)
+        trial_sig.dynamic, trial_sig.input_names = dims, input_names
+        return Captured(gm, trial_sig, name, list(flat_inputs), reasons, notes=notes)
     raise CaptureError(f"could not capture {type(model).__name__} with any frontend", reasons, source)

@@ -22,6 +22,7 @@ from typing import Any, Iterator, TextIO
 
 import torch
 
+from autoglm.capture.dynamic import check_call
 from autoglm.artifacts.atomic import move_into, replace_dir, signals_deferred, staging_dir
 
 __all__ = ["CliError", "UsageError", "Interrupted", "RUN", "Console", "OutputPlan", "one_line", "printable",
@@ -259,7 +260,7 @@ def describe_tensors(tensors: Any) -> str:
 
 
 def check_inputs_match(cm: Any, args: tuple, kwargs: dict, microbatches: int = 1) -> None:
-    """Compiled graphs are shape-specialised: say so clearly instead of failing inside the graph.
+    """Shapes a compiled graph cannot take fail here clearly instead of inside the graph.
 
     ``microbatches > 1`` (a pipeline run): dim 0 must split evenly, and one microbatch
     must match the compiled shapes (pipelines are compiled at microbatch size)."""
@@ -277,11 +278,17 @@ def check_inputs_match(cm: Any, args: tuple, kwargs: dict, microbatches: int = 1
     if len(flat) != len(expected):
         raise CliError(f"the compiled model takes {len(expected)} tensors ({describe_tensors(expected)}), "
                        f"got {len(flat)} ({describe_tensors(flat)})")
+    per = " per microbatch" if microbatches > 1 else ""
+    dims = getattr(cm, "dynamic_dims", None)  # a torch.export graph: its dynamic dims take any size in range
     for i, (got, want) in enumerate(zip(flat, expected)):
-        if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or got.shape != want.shape:
-            per = " per microbatch" if microbatches > 1 else ""
+        if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or (dims is None and got.shape != want.shape):
             raise CliError(f"input {i}: the model was compiled for {describe_tensors([want])}, got "
                            f"{describe_tensors([got])}{per}; compile again with inputs of this shape/dtype")
+    if dims is not None:
+        try:
+            check_call(flat, expected, dims, cm.signature.input_names)
+        except ValueError as exc:
+            raise CliError(f"inputs do not fit the compiled model{per}: {exc}") from exc
 
 
 def load_compiled(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
 from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, one_line, quote_path
-from autoglm.api.config_file import CompileConfig, apply_overrides, load_config, passes_from_value
+from autoglm.api.config_file import CompileConfig, apply_overrides, dynamic_from_value, load_config, passes_from_value
 from autoglm.loading.model_files import ExampleInputs, load_example_inputs, load_model
 
 __all__ = ["add_parser", "add_demo_parser", "run", "run_demo", "compile_to_dir"]
@@ -33,6 +33,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--devices", metavar="LIST", help="comma-separated devices for partitions, e.g. cpu,cpu")
     p.add_argument("--frontend", choices=["auto", "symbolic", "export"], help="capture frontend (default auto)")
     p.add_argument("--verify", action="store_true", help="check outputs against eager after every pass")
+    p.add_argument("--dynamic", metavar="SPEC",
+                   help="dims that may change between calls: auto (default: batch and sequence), static, or "
+                        "'input_ids:0=batch,1=seq[1:512];attention_mask:0=batch,1=seq' (docs/dynamic_shapes.md)")
     _add_loading_flags(p)
     p.set_defaults(handler=run)
 
@@ -77,6 +80,8 @@ def _config_from_args(args: argparse.Namespace) -> CompileConfig:
         cfg.devices = devices
     if args.frontend:
         cfg.frontend = args.frontend
+    if args.dynamic is not None:
+        cfg.dynamic = dynamic_from_value(args.dynamic, "--dynamic")
     if args.verify:
         cfg.verify = True
     return apply_overrides(cfg, args.sets)
@@ -125,7 +130,8 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
         names = ", ".join(p.name for p in pipeline) or "none"
         with console.step(f"compiling: capture, annotate, passes [{names}]"):
             cm = autoglm_compile(model, inputs.as_call(), passes=pipeline, devices=cfg.devices,
-                                 frontend=cfg.frontend, verify=cfg.verify, cost=cfg.cost, backend=cfg.backend)
+                                 frontend=cfg.frontend, verify=cfg.verify, cost=cfg.cost, backend=cfg.backend,
+                                 dynamic=cfg.dynamic)
         for r in cm.records:
             console.info(f"  pass {r.spec}: {r.wall_s:.2f} s, nodes {r.nodes_before} -> {r.nodes_after}"
                          + ("" if r.modified else " (no change)"))
@@ -157,6 +163,27 @@ def _human(result: dict[str, Any], model: str) -> str:
     return "\n".join(lines)
 
 
+def _pt2_dynamic(asked: Any, in_file: dict[str, dict[int, Any]], model: str) -> Any:
+    """A ``.pt2``'s graph is dynamic exactly where it was exported so: by default its dims are the
+    file's; stated dims must be dynamic in the file, within its range; ``static`` fixes all."""
+    if asked is False or (asked is None and not in_file):
+        return False
+    if asked is None:
+        return {name: {d: (r.name, r.min, r.max) for d, r in per.items()} for name, per in in_file.items()}
+    out: dict[str, dict[int, Any]] = {}
+    for name, per in asked.items():
+        for d, spec in per.items():
+            have = in_file.get(name, {}).get(d)
+            if have is None:
+                raise UsageError(f"--dynamic: {quote_path(model)} fixes {name} dim {d}; export it with "
+                                 f"torch.export.export(..., dynamic_shapes=...) to make it dynamic")
+            label, lo, hi = spec if isinstance(spec, tuple) else (spec, have.min, have.max)
+            if lo < have.min or (have.max is not None and (hi is None or hi > have.max)):
+                raise UsageError(f"--dynamic: {name} dim {d} is exported for {have.text()} in {quote_path(model)}")
+            out.setdefault(name, {})[d] = (label, lo, hi)
+    return out
+
+
 def _inputs_for(args: argparse.Namespace, loaded: Any) -> ExampleInputs:
     if loaded.example_inputs is not None:
         return loaded.example_inputs
@@ -174,6 +201,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.warn(f"{quote_path(args.model)}: {w}")
     inputs = given or _inputs_for(args, loaded)
     console.info(f"example inputs: {inputs.describe()}")
+    if loaded.kind == "pt2":
+        cfg.dynamic = _pt2_dynamic(cfg.dynamic, loaded.dynamic or {}, args.model)
     source = {"model": str(args.model), "kind": loaded.kind, "example_inputs": args.example_inputs,
               "factory": args.factory, "config_file": args.config, "overrides": list(args.sets)}
     result = compile_to_dir(loaded.module, inputs, cfg, args.out, args.report, console, source)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import torch
 import torch.fx as fx
 
+from autoglm.capture.dynamic import check_call
 from autoglm.capture.flat import FlatSignature
 from autoglm.ir.meta import annotation, has_annotation, output_specs
 
@@ -132,16 +133,18 @@ class CompiledModel(CompiledViews):
         self.frontend = frontend
         self.executor = executor or graph_module
         self.notes = dict(notes or {})
-        # torch.export specialises the graph to the example shapes: say so clearly
-        # instead of failing deep inside a kernel when a call brings other shapes.
-        self._fixed_shapes = ([tuple(t.shape) for t in self.example_inputs] if frontend == "export" else None)
+        # A torch.export graph takes its dynamic dims at any size in range and the rest only at
+        # the example's: say so in one line instead of failing deep inside a kernel. Stated dims
+        # are checked for every frontend; None: a symbolic graph with nothing stated, which reads
+        # sizes at run time. (An export artifact from before dynamic shapes has no dims: static.)
+        dims = signature.dynamic
+        self.dynamic_dims = dims if dims is not None else ({} if frontend == "export" else None)
+        self._example_shapes = [tuple(t.shape) for t in self.example_inputs]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = self.signature.flatten_inputs(args, kwargs)
-        if self._fixed_shapes is not None and [tuple(t.shape) for t in flat] != self._fixed_shapes:
-            raise ValueError(
-                f"this model was captured by torch.export for input shapes {self._fixed_shapes}, called with "
-                f"{[tuple(t.shape) for t in flat]}; compile again with example inputs of the shapes you will use")
+        if self.dynamic_dims is not None and [tuple(t.shape) for t in flat] != self._example_shapes:
+            check_call(flat, self.example_inputs, self.dynamic_dims, self.signature.input_names)
         out = self.executor(*flat)
         if not isinstance(out, (tuple, list)):
             out = (out,)

@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from autoglm.loading.bounded_read import check_npz, read_user_file
 from autoglm.loading.file_safety import GLOBAL_RE, ModelLoadError, UnsafeFileError, first_line, safe_torch_load
+from autoglm.capture.dynamic import named_dims_of_export
 from autoglm.loading.pt2_reader import read_pt2
 
 __all__ = ["ModelLoadError", "UnsafeFileError", "LoadedModel", "ExampleInputs", "load_model",
@@ -81,6 +82,7 @@ class LoadedModel:
     kind: str  # "pt2" | "state_dict" | "pickle" | "torchscript"
     example_inputs: ExampleInputs | None = None  # from the archive or the factory
     warnings: tuple[str, ...] = ()
+    dynamic: dict[str, dict[int, Any]] | None = None  # a .pt2's dynamic dims by input name
 
 
 # ---------------------------------------------------------------- small helpers
@@ -128,7 +130,8 @@ def _load_pt2(path: Path, data: bytes, trust_remote_code: bool = False) -> Loade
     if example is not None:
         args, kwargs = example
         inputs = ExampleInputs(tuple(args), dict(kwargs))
-    return LoadedModel(module, str(path), "pt2", inputs, warnings=tuple(_nonfinite_warnings(tensors)))
+    return LoadedModel(module, str(path), "pt2", inputs, warnings=tuple(_nonfinite_warnings(tensors)),
+                       dynamic=named_dims_of_export(ep))
 
 
 # ---------------------------------------------------------------- state dicts
