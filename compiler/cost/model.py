@@ -22,6 +22,12 @@ touches, which over-counts some ops):
   cost one Python operation;
 - a fused submodule (``split_merge``) costs the sum of the nodes it holds, so
   merging changes how work is grouped, not how much there is.
+
+Costs are at the example's shapes. A graph with symbolic shapes (a dynamic batch
+or sequence, ``TensorSpec.symbolic``) is annotated and priced at its hints, the
+sizes of the example inputs: a plan (splits, partitions) is balanced for that
+shape and reused as is at every other one. The passes say so in their notes
+(``"costs_at": "example shapes"``) when the graph has symbolic dimensions.
 """
 from __future__ import annotations
 
@@ -38,9 +44,13 @@ from autoglm.ir.meta import annotation, has_annotation, iter_compute_nodes, outp
 from autoglm.ir.ops import OpKind, op_kind
 from autoglm.ir.timing import median_seconds
 
-__all__ = ["MachineProfile", "CostModel", "CostKind", "measure_machine", "machine_profile", "REFERENCE_PROFILE"]
+__all__ = ["MachineProfile", "CostModel", "CostKind", "measure_machine", "machine_profile", "REFERENCE_PROFILE",
+           "COSTS_AT"]
 
 CostKind = Literal["analytic", "measured"]
+
+# What a pass's notes say about the shapes its costs were computed at, on a graph with symbolic shapes.
+COSTS_AT = "example shapes"
 
 
 @dataclass

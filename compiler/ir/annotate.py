@@ -5,22 +5,34 @@ One interpretation of the graph on the example inputs fills every node's
 (the same counter torch uses), read as a running total before and after each
 node so one counter serves the whole graph. Latency is measured only when asked
 (``measure=True``): each node re-runs on its real inputs, median of repeats.
+
+Symbolic shapes. Shapes are recorded at the example's sizes (the hints), and
+``TensorSpec.symbolic`` says which of those dimensions may change between calls
+(``symbolic_shapes``). torch.export leaves a fake tensor with symbolic sizes in
+every node's ``meta["val"]``; nodes a pass created have none, so their fake
+values are computed here, from their inputs' under the capture's own fake mode
+(``_fake_values``), which is cheap (no data) and leaves no guard behind (a guard
+would specialise a dimension to the example). A node that cannot run on fake
+tensors keeps ``symbolic=None``: unknown, which passes treat as "may change".
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._pytree import tree_flatten
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
-from autoglm.ir.meta import TensorSpec, annotation
+from autoglm.ir.effects import has_side_effects
+from autoglm.ir.meta import TensorSpec, annotation, symbolic_dims
 
-__all__ = ["annotate", "AnnotatingInterpreter"]
+__all__ = ["annotate", "AnnotatingInterpreter", "symbolic_shapes"]
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -52,6 +64,121 @@ def _module_param_bytes(mod: torch.nn.Module) -> int:
     return total
 
 
+# ---------------------------------------------------------------- symbolic shapes
+
+
+def _fake_mode(gm: fx.GraphModule) -> FakeTensorMode | None:
+    """The fake mode of the graph's inputs' ``meta["val"]`` (torch.export leaves them), if any."""
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), FakeTensor):
+            return n.meta["val"].fake_mode
+    return None
+
+
+# Functions whose fake call is a pure shape computation: aten/torch ops, operator, math, builtins.
+_PURE_FUNCTION_MODULES = ("torch", "_operator", "operator", "math", "builtins")
+
+
+def _pure_function(target: Any) -> bool:
+    if isinstance(target, torch._ops.HigherOrderOperator):  # torch.cond runs graphs that may hold our modules
+        return False
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return True
+    module = getattr(target, "__module__", None) or ""
+    return module.split(".")[0] in _PURE_FUNCTION_MODULES
+
+
+def _run_fake(gm: fx.GraphModule, n: fx.Node, env: dict[fx.Node, Any], mode: FakeTensorMode) -> Any:
+    """``n``'s value on its inputs' fake values; KeyError when it cannot be computed safely.
+
+    Only what cannot change state is run: a module of ours may build state on its
+    first call (an int8 linear packs its weight), which a fake call would fill with
+    fake tensors for every later real call. So modules run only when they are fx
+    graphs (a fused run, evaluated node by node here) or torch.nn's own layers in
+    eval mode, and functions only when they are torch/operator/math ones.
+    """
+    args = fx.node.map_arg(n.args, env.__getitem__)  # KeyError: an input without a fake value
+    kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
+    if n.op == "get_attr":
+        obj: Any = gm
+        for part in str(n.target).split("."):
+            obj = getattr(obj, part)
+        return obj  # a real weight: the fake mode converts it where an op reads it
+    if n.op == "call_function" and _pure_function(n.target):
+        return n.target(*args, **kwargs)
+    if n.op == "call_method":
+        return getattr(args[0], str(n.target))(*args[1:], **kwargs)
+    if n.op == "call_module":
+        mod = gm.get_submodule(str(n.target))
+        if isinstance(mod, fx.GraphModule):
+            inner = _fake_values(mod, mode, list(args))
+            out = next(o for o in mod.graph.nodes if o.op == "output")
+            return fx.node.map_arg(out.args[0], inner.__getitem__)
+        if (type(mod).__module__.startswith("torch.nn.") and not mod.training
+                and not isinstance(mod, torch.nn.modules.lazy.LazyModuleMixin)):
+            return mod(*args, **kwargs)
+    raise KeyError(n.name)
+
+
+def _fake_values(gm: fx.GraphModule, mode: FakeTensorMode, inputs: list[Any] | None = None) -> dict[fx.Node, Any]:
+    """Every node's fake value: its ``meta["val"]``, else computed from its inputs' fake values.
+
+    ``inputs``: the placeholders' values (a fused submodule, evaluated inside its caller's run).
+    Call it inside ``_fake_context``.
+    """
+    env: dict[fx.Node, Any] = {}
+    placeholders = iter(inputs) if inputs is not None else None
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and placeholders is not None:
+            value = next(placeholders, None)
+            if value is not None:
+                env[n] = value
+        elif "val" in n.meta:
+            env[n] = n.meta["val"]
+        elif n.op not in ("placeholder", "output") and not has_side_effects(n):
+            try:
+                env[n] = _run_fake(gm, n, env, mode)
+            except Exception:  # noqa: BLE001 - no fake kernel, an unknown input...: stays unknown
+                pass
+    return env
+
+
+@contextlib.contextmanager
+def _fake_context(mode: FakeTensorMode) -> Any:
+    shape_env = mode.shape_env
+    # No guard may be recorded: one would specialise a symbol of the capture to the example.
+    quiet = shape_env.suppress_guards() if shape_env is not None else contextlib.nullcontext()
+    saved = mode.allow_non_fake_inputs
+    mode.allow_non_fake_inputs = True  # new weights and submodules hold real tensors
+    try:
+        with quiet, mode, torch.no_grad():
+            yield
+    finally:
+        mode.allow_non_fake_inputs = saved
+
+
+def symbolic_shapes(gm: fx.GraphModule) -> dict[fx.Node, list[tuple[str | None, ...] | None]] | None:
+    """Per node, the symbolic dims (``TensorSpec.symbolic``) of each tensor it produces.
+
+    None for a graph whose inputs have no fake values (the symbolic frontend's):
+    nothing is known. An empty dict when no input has a symbolic size: every
+    dimension is static. Otherwise weights are static and every other node has the
+    dims of its fake value; a node without one is missing (unknown).
+    """
+    mode = _fake_mode(gm)
+    if mode is None:
+        return None
+    placeholders = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+    if not any(any(symbolic_dims(v) or ()) for v in placeholders if isinstance(v, FakeTensor)):
+        return {}
+    if all("val" in n.meta for n in gm.graph.nodes if n.op not in ("placeholder", "output")):
+        values = {n: n.meta["val"] for n in gm.graph.nodes if "val" in n.meta}  # as captured: nothing to run
+    else:
+        with _fake_context(mode):
+            values = _fake_values(gm, mode)
+    return {n: [symbolic_dims(t) for t in _tensors(v)] for n, v in values.items() if n.op != "get_attr"}
+
+
 class AnnotatingInterpreter(fx.Interpreter):
     """Runs the graph once and records what every node did."""
 
@@ -60,12 +187,27 @@ class AnnotatingInterpreter(fx.Interpreter):
         self.measure = measure
         self.repeats = repeats
         self.counter = FlopCounterMode(display=False)
+        self.symbolic: dict[fx.Node, list] | None = None  # symbolic_shapes(), set by run()
+
+    def _specs(self, n: fx.Node, result: Any) -> list[TensorSpec]:
+        """The tensors ``n`` produced, at their real (example) sizes, with their symbolic dims."""
+        tensors = _tensors(result)
+        if self.symbolic is None:  # nothing known
+            known: list = [None] * len(tensors)
+        elif not self.symbolic or n.op == "get_attr":  # a static graph, or a weight
+            known = [(None,) * t.dim() for t in tensors]
+        else:
+            known = self.symbolic.get(n, [])
+            if len(known) != len(tensors):  # no fake value, or one that does not match the real run
+                known = [None] * len(tensors)
+        return [TensorSpec(tuple(t.shape), t.dtype, sym if sym is None or len(sym) == t.dim() else None)
+                for t, sym in zip(tensors, known)]
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op in ("placeholder", "output"):
             result = super().run_node(n)
             ann = annotation(n)
-            ann.outputs = [TensorSpec(tuple(t.shape), t.dtype) for t in _tensors(result)] if n.op == "placeholder" else []
+            ann.outputs = self._specs(n, result) if n.op == "placeholder" else []
             ann.produces_tensors = bool(ann.outputs)
             return result
         args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -76,7 +218,7 @@ class AnnotatingInterpreter(fx.Interpreter):
             result = getattr(self, n.op)(n.target, args, kwargs)
         flops = self.counter.get_total_flops() - before
         ann = annotation(n)
-        ann.outputs = [TensorSpec(tuple(t.shape), t.dtype) for t in _tensors(result)]
+        ann.outputs = self._specs(n, result)
         ann.produces_tensors = bool(ann.outputs)
         ann.flops = int(flops)
         if n.op == "get_attr":
@@ -111,6 +253,7 @@ class AnnotatingInterpreter(fx.Interpreter):
         return statistics.median(samples)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.symbolic = symbolic_shapes(self.module)
         with self.counter, torch.no_grad():
             return super().run(*args, **kwargs)
 

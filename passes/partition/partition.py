@@ -35,9 +35,9 @@ from typing import Any, Literal
 import torch
 import torch.fx as fx
 
-from autoglm.cost.model import CostModel
+from autoglm.cost.model import COSTS_AT, CostModel
 from autoglm.ir.annotate import annotate
-from autoglm.ir.meta import annotation
+from autoglm.ir.meta import annotation, has_symbolic_shapes
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.partition.baselines import even_partition, fill_empty_parts, has_loop, metis_partition
 from autoglm.passes.partition.shapes import place_shape_nodes
@@ -293,4 +293,6 @@ class Partition(GraphPass):
                      extra, wall, node_cost)
         ctx.notes[self.name] = {"plan": plan, "k": o.k, "method": o.method, "cut_bytes": plan.cut_bytes,
                                 "imbalance": plan.imbalance, "time_s": wall}
+        if has_symbolic_shapes(gm.graph):  # balanced at the example's shapes, run as is at every other
+            ctx.notes[self.name]["costs_at"] = COSTS_AT
         return PassResult(gm, modified)

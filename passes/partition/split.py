@@ -21,7 +21,9 @@ and 24 always. So matmuls are split along dim 0 only, piece sizes are rounded to
 multiples of 16 where the dimension allows, and the split graph is run on the
 example inputs and kept only when its outputs ``assert_close`` to the unsplit
 graph's (the fuzzer found a case that missed by 2.6e-6 relative); otherwise the
-pass partitions the unsplit graph and the plan says why.
+pass partitions the unsplit graph and the plan says why. A matmul whose dim 0 is
+symbolic (a dynamic batch) is not split: its slices would fix the batch to the
+example's (``split_merge/split.py``).
 
     before (k=2, conv2 holds 60%):   x -> conv1 -> relu -> conv2 -> out
                                           part 0 ............ | part 1 (imbalance 1.2)
@@ -35,7 +37,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from autoglm.ir.meta import output_specs, private_copy
+from autoglm.ir.meta import dim_is_static, output_specs, private_copy
+from autoglm.ir.ops import matmul_view
 from autoglm.passes.partition.refine import UnitGraph, balanced_stage_cost, min_max_cap
 from autoglm.passes.split_merge.split import SplitChoice, apply_split, split_choice
 
@@ -61,7 +64,11 @@ def _choice(node: fx.Node, gm: fx.GraphModule, pieces: int) -> SplitChoice | Non
         return None
     if choice.how == "matmul_batch" and choice.dim != 0:  # contiguous slices only
         shape = output_specs(node)[0].shape
-        return SplitChoice("matmul_batch", int(shape[0]), 0) if len(shape) >= 3 and shape[0] >= pieces else None
+        mv = matmul_view(node, gm)
+        # split_choice passed over dim 0 when it is symbolic (a dynamic batch): so must we.
+        static = mv is not None and dim_is_static(mv.a, 0) and dim_is_static(mv.b, 0)
+        return (SplitChoice("matmul_batch", int(shape[0]), 0)
+                if static and len(shape) >= 3 and shape[0] >= pieces else None)
     return choice
 
 

@@ -8,6 +8,12 @@ Each split keeps the math of the original node and only regroups it:
 - batched matmul / attention scores by a batch dimension (batch or heads):
   ``y = cat([a[.., i, ..] @ b[.., i, ..]], d)``.
 
+Only a dimension whose size is the example's on every call is split: the slices
+name fixed bounds, so splitting a symbolic dimension (a dynamic batch) would bake
+the example's size into the graph and drop rows of a larger batch. Weight
+dimensions (output/input features, output channels) are always fixed; a matmul
+is split along a static batch dimension (the heads) or not at all.
+
 Shards are written in the spelling of the node they replace: ``nn.Linear`` /
 ``nn.Conv2d`` submodules for ``call_module`` nodes, and functional calls with
 ``get_attr`` weights (aten overloads in an export graph) otherwise, so the later
@@ -25,7 +31,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils import skip_init
 
-from autoglm.ir.meta import annotation, output_specs
+from autoglm.ir.meta import annotation, dim_is_static, output_specs
 from autoglm.ir.ops import conv_view, linear_view, matmul_view
 
 __all__ = ["SplitChoice", "split_choice", "apply_split", "unique_attr_name", "drop_unused_get_attrs"]
@@ -70,7 +76,12 @@ def split_choice(node: fx.Node, gm: fx.GraphModule, linear_dim: str, shards: int
         if len(sa) < 3 or len(sa) != len(sb) or sa[:-2] != sb[:-2]:
             return f"matmul {list(sa)} @ {list(sb)} has no shared batch dimension to split"
         batch = list(sa[:-2])
-        dim = max(range(len(batch)), key=lambda d: (batch[d], d))  # largest; ties -> heads over batch
+        # Sizes that change between calls cannot be cut at the example's bounds (module docstring).
+        fixed = [d for d in range(len(batch)) if dim_is_static(mv.a, d) and dim_is_static(mv.b, d)]
+        if not fixed:
+            return (f"every batch dimension of matmul {list(sa)} @ {list(sb)} is symbolic (its size changes "
+                    f"between calls); a split would fix it to the example's")
+        dim = max(fixed, key=lambda d: (batch[d], d))  # largest; ties -> heads over batch
         return SplitChoice("matmul_batch", int(batch[dim]), dim)
     return "no exact split for this op (supported: Linear, Conv2d, batched matmul)"
 

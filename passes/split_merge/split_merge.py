@@ -26,6 +26,9 @@ Design decisions:
   top level of the graph.
 - A node that would need more than ``max_shards`` shards (or more than its
   dimension has) is left whole and listed in the notes with the reason.
+- On a graph with symbolic shapes nothing is split along a dimension whose size
+  changes between calls (``split.py``): a matmul with a dynamic batch is split
+  by its heads. Loads are computed at the example's shapes (``costs_at``).
 """
 from __future__ import annotations
 
@@ -35,9 +38,9 @@ from typing import Literal
 
 import torch.fx as fx
 
-from autoglm.cost.model import CostModel
+from autoglm.cost.model import COSTS_AT, CostModel
 from autoglm.ir.effects import has_side_effects
-from autoglm.ir.meta import annotation, iter_compute_nodes, output_specs
+from autoglm.ir.meta import annotation, has_symbolic_shapes, iter_compute_nodes, output_specs
 from autoglm.ir.ops import OpKind, op_kind
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 
@@ -119,6 +122,8 @@ class SplitMerge(GraphPass):
         budget = opts.budget or total / devices
         notes: dict = {"budget_s": budget, "devices": devices, "cost": cost.kind, "total_s": total,
                        "splits": [], "merges": [], "not_split": []}
+        if has_symbolic_shapes(gm.graph):  # loads are the example's; other shapes reuse the same splits
+            notes["costs_at"] = COSTS_AT
         ctx.notes[self.name] = notes
         if budget <= 0 or not costs:
             return PassResult(gm, False)

@@ -316,9 +316,11 @@ def run_pipeline(artifact_dir: str | os.PathLike, inputs: Sequence[torch.Tensor]
     """Run the artifact's partitions as ``nproc`` pipeline stages; returns the flat outputs.
 
     ``inputs``: the flat input tensors (default: the artifact's example inputs);
-    their dim 0 is split into ``microbatches``. ``step_timeout_s`` bounds a step
-    (and each collective); ``startup_timeout_s`` bounds process start and
-    rendezvous. ``return_stats=True`` returns ``(outputs, PipelineStats)``.
+    their dim 0 is split into ``microbatches`` equal pieces, or fewer when the batch
+    needs it (``worker.effective_microbatches``: batch 1 runs as one, batch 6 of 4
+    asked for as 3; ``PipelineStats.microbatches`` is the count used).
+    ``step_timeout_s`` bounds a step (and each collective); ``startup_timeout_s``
+    bounds process start and rendezvous. ``return_stats=True`` returns ``(outputs, PipelineStats)``.
     Raises ``PipelineFault`` when a stage dies or hangs, ``ValueError`` on bad arguments.
     """
     if schedule not in SCHEDULES:
@@ -372,7 +374,8 @@ def _run_in(work: Path, artifact_dir: str | os.PathLike, inputs: Sequence[torch.
         return outputs
     status = _read_status(sdir, nproc)
     stats = PipelineStats(time.monotonic() - t_start, list(status.get(nproc - 1, {}).get("step_s", [])),
-                          [float(status.get(r, {}).get("forward_s", 0.0)) for r in range(nproc)], microbatches,
+                          [float(status.get(r, {}).get("forward_s", 0.0)) for r in range(nproc)],
+                          int(status.get(nproc - 1, {}).get("microbatches", microbatches)),  # as the stages ran
                           schedule, [float(status.get(r, {}).get("forward_cpu_s", 0.0)) for r in range(nproc)])
     return outputs, stats
 

@@ -12,6 +12,12 @@ step, last finished microbatch, forward wall and CPU seconds) and on error, so t
 out after ``--step-timeout`` seconds (``init_process_group(timeout=...)``), never
 the 30-minute default.
 
+Microbatches: the inputs' dim 0 is cut into ``--microbatches`` equal pieces, or
+into fewer when the batch needs it (``effective_microbatches``): a graph with a
+dynamic batch takes any batch, so batch 1 runs as one microbatch and batch 6 of 4
+asked for as 3. Rank 0 decides from its inputs and tells the others, which build
+the same schedule without reading the inputs.
+
 Multi-machine: run the same command on every machine with torchrun's usual
 rendezvous flags (``--nnodes``, ``--rdzv-endpoint``); the inputs file is only
 read by rank 0 and the outputs are written by the last rank.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -34,9 +41,32 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["main", "SCHEDULES"]
+__all__ = ["main", "SCHEDULES", "effective_microbatches"]
 
 SCHEDULES = ("gpipe", "1f1b")
+
+
+def effective_microbatches(batch: int, requested: int) -> int:
+    """The most microbatches, at most ``requested``, that cut ``batch`` rows into equal pieces.
+
+    Equal, because every stage sizes its receive buffers from the first
+    microbatch's shapes (``torch.distributed.pipelining`` infers them once per
+    run); padding the batch instead would change the outputs of a model whose rows
+    interact.
+    """
+    return max(d for d in range(1, max(1, min(batch, requested)) + 1) if batch % d == 0)
+
+
+def _agree_microbatches(inputs: list[torch.Tensor], requested: int, rank: int, device: torch.device) -> int:
+    """Rank 0 picks the count for its inputs' batch (the gcd of their dim-0 sizes); every rank gets it."""
+    count = requested
+    if rank == 0:
+        sizes = [int(t.shape[0]) for t in inputs if t.dim() >= 1]
+        if sizes:
+            count = effective_microbatches(math.gcd(*sizes), requested)
+    value = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.broadcast(value, src=0)
+    return int(value.item())
 
 
 class _Status:
@@ -166,11 +196,13 @@ def run_stage(args: argparse.Namespace) -> int:
         if len(stages) != world:
             raise ValueError(f"the artifact has {len(stages)} partitions but torchrun started {world} processes; "
                              f"use --nproc {len(stages)} or compile with partition(k={world})")
-        stage_mod = _CountedStage(stages[rank].module.to(device), status, args.microbatches)
+        inputs = [t.to(device) for t in _load_inputs(args)] if rank == 0 else []
+        microbatches = _agree_microbatches(inputs, args.microbatches, rank, device)
+        status.write(microbatches=microbatches)
+        stage_mod = _CountedStage(stages[rank].module.to(device), status, microbatches)
         stage = PipelineStage(stage_mod, rank, world, device)
         kind = ScheduleGPipe if args.schedule == "gpipe" else Schedule1F1B
-        schedule = kind(stage, n_microbatches=args.microbatches)
-        inputs = [t.to(device) for t in _load_inputs(args)] if rank == 0 else []
+        schedule = kind(stage, n_microbatches=microbatches)
         outputs = None
         step_s: list[float] = []
         with torch.no_grad():
