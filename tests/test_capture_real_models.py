@@ -13,18 +13,14 @@ them (torchvision is not installed here); the fresh process never imports this f
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 import autoglm
 from autoglm.program.program import Program
+from tests.fresh_process import assert_loads_like_eager
 
 # -- a detection-style model: len() of shapes, lists of feature maps, a data-dependent branch --
 
@@ -126,7 +122,7 @@ def test_detector_program_saves_and_loads_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         for x in xs:
             torch.testing.assert_close(loaded(x), model(x))
-    _check_fresh_process(tmp_path, "prog", model, xs)
+    assert_loads_like_eager(tmp_path, "prog", model, xs)
 
 
 # -- torch.fx.wrap-ed library functions, marked the way torchvision marks them -----------------
@@ -245,19 +241,5 @@ def test_fx_wrapped_library_functions_load_in_a_fresh_process(factory, shape, fr
         for x in xs:
             torch.testing.assert_close(cm(x), model(x))
     cm.save(tmp_path / "art")
-    _check_fresh_process(tmp_path, "art", model, xs)
+    assert_loads_like_eager(tmp_path, "art", model, xs)
 
-
-def _check_fresh_process(tmp_path: Path, name: str, model: nn.Module, xs: list[torch.Tensor]) -> None:
-    """``autoglm.load`` in a new interpreter that never imported this file: outputs as eager."""
-    with torch.no_grad():
-        torch.save({"xs": xs, "refs": [model(x) for x in xs]}, tmp_path / "data.pt")
-    code = ("import sys, torch, autoglm\n"
-            "d = torch.load(sys.argv[2], weights_only=True)\n"
-            "m = autoglm.load(sys.argv[1])\n"
-            "with torch.no_grad():\n"
-            "    for x, r in zip(d['xs'], d['refs']):\n"
-            "        torch.testing.assert_close(m(x), r)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / name), str(tmp_path / "data.pt")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]

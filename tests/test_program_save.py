@@ -101,20 +101,10 @@ class SizeAcrossBranch(torch.nn.Module):
 
 
 def test_a_segment_taking_a_size_saves_and_reloads_in_a_fresh_process(tmp_path):
-    import subprocess
-    import sys
+    from tests.fresh_process import assert_loads_like_eager
 
     model = _seeded(SizeAcrossBranch())
     xs = [torch.randn(1, 3, 8, 8), -torch.ones(1, 3, 8, 8)]
     cm = _compile_and_cover(model, xs)
     cm.save(tmp_path / "prog")
-    with torch.no_grad():
-        torch.save({"xs": xs, "refs": [model(x) for x in xs]}, tmp_path / "data.pt")
-    code = ("import sys, torch, autoglm\n"
-            "d = torch.load(sys.argv[2], weights_only=True)\n"
-            "m = autoglm.load(sys.argv[1])\n"
-            "for x, r in zip(d['xs'], d['refs']):\n"
-            "    torch.testing.assert_close(m(x), r)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "prog"), str(tmp_path / "data.pt")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_loads_like_eager(tmp_path, "prog", model, xs)
