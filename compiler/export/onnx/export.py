@@ -51,6 +51,7 @@ from autoglm.artifacts.atomic import move_into, staging_dir
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.export.onnx.check import (OnnxExportError, OnnxParityError, ParityRecord, check_external_paths,
                                 check_model, random_like, resized_like, run_parity)
+from autoglm.export.onnx.float64 import float64_twin_module
 from autoglm.export.onnx.int8 import int8_twin, replace_qdq_linears, store_weights_uint8, translation_table
 from autoglm.runtime.onnxruntime import OrtExecutor, OrtOptions
 
@@ -378,7 +379,7 @@ def _float64_twin(gm: fx.GraphModule) -> Callable[..., Any] | None:
 
     def run(*xs: torch.Tensor) -> Any:
         if not cached:
-            cached.append(copy.deepcopy(gm).double())
+            cached.append(float64_twin_module(gm))
         return cached[0](*xs)
 
     return run
