@@ -223,7 +223,12 @@ def export_shapes(dims: DynamicDims, n_inputs: int, *, auto: bool) -> dict[str, 
 def named_dims_of_export(ep: Any) -> dict[str, dict[int, DimRange]]:
     """A saved ``.pt2``'s dynamic dims by input name (``autoglm compile`` of an exported file):
     dims that share a symbol share a name, the first input/dim that uses it (``input_ids_0``)."""
-    names = list(ep.graph_signature.user_inputs)
+    # The names autoglm gives the flat inputs (keywords, else input_<i>), from the archive's call structure.
+    from torch.utils._pytree import tree_unflatten
+
+    n = len(ep.graph_signature.user_inputs)
+    args, kwargs = tree_unflatten([torch.empty(0)] * n, ep.call_spec.in_spec)
+    names = flat_input_names(tuple(args), dict(kwargs))
     by_index = dims_of_export(ep, {})
     first: dict[str, str] = {}
     out: dict[str, dict[int, DimRange]] = {}
