@@ -55,6 +55,10 @@ def test_real_minilm_pt2_compile_inspect_run_export_report(tmp_path: Path) -> No
     _cli("inspect", str(tmp_path / "build"))
     _cli("run", str(tmp_path / "build"), "--inputs", str(tmp_path / "in.safetensors"), "--output",
          str(tmp_path / "out.safetensors"))
+    # The int8 ONNX file passes its own parity check with the default settings (it failed at
+    # 16-24 dB < 25 dB before: #17 item 7).
+    _cli("export", str(tmp_path / "build"), "--onnx", str(tmp_path / "m.onnx"))
+    assert (tmp_path / "m.onnx").is_file()
     _cli("report", str(tmp_path / "build"), "--out", str(tmp_path / "report.html"))
     assert (tmp_path / "report.html").is_file()
 
@@ -70,8 +74,6 @@ def test_real_minilm_pt2_compile_inspect_run_export_report(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open (#17 item 7): the int8 ONNX file agrees with our int8 model to 40 dB on "
-                   "real sentences but 18.4 dB on the parity check's random token ids, under its 25 dB budget")
 def test_real_minilm_int8_exports_to_onnx_within_the_default_budget(tmp_path: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
@@ -83,4 +85,16 @@ def test_real_minilm_int8_exports_to_onnx_within_the_default_budget(tmp_path: Pa
     enc = tok(SENTENCES, padding=True, return_tensors="pt")
     inputs = {k: enc[k] for k in ("input_ids", "attention_mask")}
     cm = autoglm.compile(model, inputs, passes="quantize(mode=dynamic)")
-    cm.export_onnx(tmp_path / "m.onnx")
+    result = cm.export_onnx(tmp_path / "m.onnx")  # raised OnnxParityError (18.4 dB < 25 dB) before
+    # The file is as accurate as our int8 model, by the user's metric (sentence embeddings vs fp32).
+    from autoglm.runtime.onnxruntime import OrtExecutor
+
+    mask = inputs["attention_mask"]
+    with torch.no_grad():
+        ref = _embed(model(**inputs).last_hidden_state, mask)
+        ours = _embed(cm(**inputs).last_hidden_state, mask)
+    onnx = _embed(OrtExecutor(result.path, threads=1)(*[inputs[k] for k in result.input_names])[0], mask)
+    cos = {name: float(torch.nn.functional.cosine_similarity(e, ref, dim=-1).min()) for name, e in
+           (("ours", ours), ("onnx", onnx))}
+    assert cos["ours"] >= 0.98 and cos["onnx"] >= cos["ours"] - 0.005, cos
+    assert all(r.ok for r in result.parity)

@@ -6,8 +6,9 @@
 - ``check_external_paths``: every external-data location is relative and stays
   inside the model's directory;
 - ``run_parity``: onnxruntime against a reference callable (the compiled fx
-  graph) on several input sets, fp32 by ``torch.isclose(rtol, atol)``, int8 by
-  SQNR against a budget;
+  graph) on several input sets, fp32 by ``torch.isclose(rtol, atol)`` (else
+  within fp32 noise of a float64 run), int8 by SQNR against a budget (else as
+  close as our int8 graph to the same graph without activation rounding);
 - ``random_like``: random inputs with the example's shape, dtype and value
   range. Integer tensors stay in the example's range (token ids stay valid);
   0/1 masks that are padded (ones then zeros, or zeros then ones) get random
@@ -16,6 +17,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from autoglm.ir.metrics import sqnr_from_sums
+from autoglm.ir.metrics import sqnr_db, sqnr_from_sums
 
 __all__ = ["OnnxExportError", "OnnxParityError", "ParityRecord", "random_like", "resized_like",
            "check_model", "check_external_paths", "compare_outputs", "run_parity", "int8_kernel_report", "INT8_KERNELS"]
@@ -47,6 +49,10 @@ class ParityRecord:
     mismatched: int  # elements outside rtol/atol (fp32), unequal elements (integer outputs)
     ok: bool
     noise_explained: int = 0  # of those, elements within fp32 rounding noise of the float64 result
+    # int8 sets under the budget: SQNR of our int8 outputs and of onnxruntime's against the
+    # graph without activation rounding (``int8_reference.unrounded_twin``); None when not needed.
+    unrounded_sqnr_db_ours: float | None = None
+    unrounded_sqnr_db_onnx: float | None = None
 
 
 # ---------------------------------------------------------------- inputs
@@ -199,16 +205,57 @@ def _within_fp32_noise(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
     return True
 
 
+def _as_accurate_as_ours(rec: ParityRecord, ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
+                        unrounded: Sequence[torch.Tensor], margin_db: float) -> bool:
+    """onnxruntime's int8 outputs are within ``margin_db`` as close to the unrounded graph as ours.
+
+    Two runs of a dynamic int8 model can fall on different sides of a scale
+    choice and differ by as much as each differs from float (int8_reference.py);
+    what must hold is that the file is as accurate as the model it came from.
+    Measured on real MiniLM: onnxruntime minus ours -0.31..+0.25 dB over 24 sets.
+    """
+    rec.unrounded_sqnr_db_ours = sqnr_db(unrounded, ref)
+    rec.unrounded_sqnr_db_onnx = sqnr_db(unrounded, got)
+    return rec.unrounded_sqnr_db_onnx >= rec.unrounded_sqnr_db_ours - margin_db
+
+
+def _fp32_hint(rec: ParityRecord, rtol: float, atol: float) -> str:
+    return (f"{rec.mismatched} elements outside rtol={rtol}/atol={atol}, max abs err {rec.max_abs_err:.3g}, "
+            f"max rel err {rec.max_rel_err:.3g}, not explained by fp32 rounding (float64 reference); "
+            "if this error is acceptable for your use, export with larger rtol=/atol=")
+
+
+def _int8_hint(rec: ParityRecord, min_sqnr_db: float, margin_db: float | None) -> str:
+    what = f"SQNR {rec.sqnr_db:.1f} dB against our int8 outputs < budget {min_sqnr_db} dB"
+    accept_sqnr = f"int8_min_sqnr_db={math.floor(rec.sqnr_db)}"
+    if rec.unrounded_sqnr_db_onnx is None or rec.unrounded_sqnr_db_ours is None:
+        return f"{what}; if this is acceptable for your use, export with {accept_sqnr}"
+    gap = rec.unrounded_sqnr_db_ours - rec.unrounded_sqnr_db_onnx
+    return (f"{what}, and against the same graph without activation rounding onnxruntime is at "
+            f"{rec.unrounded_sqnr_db_onnx:.1f} dB where our int8 model is at {rec.unrounded_sqnr_db_ours:.1f} dB "
+            f"({gap:.1f} dB worse; allowed: int8_margin_db={margin_db}), so the file is less accurate than the "
+            f"model it came from. If this is acceptable for your use, export with int8_margin_db={math.ceil(gap)} "
+            f"(or {accept_sqnr}). To make the int8 model itself more accurate: quantize(max_error=..., "
+            "metric=...) keeps the most sensitive layers fp32, quantize(exclude=[...]) the ones you name "
+            "(cm.notes['quantize']['layers'] lists each layer's SQNR)")
+
+
 def run_parity(reference: Callable[..., Any], candidate: Callable[..., Any],
                input_sets: Sequence[tuple[str, Sequence[torch.Tensor]]], rtol: float, atol: float,
                min_sqnr_db: float | None = None,
-               reference64: Callable[..., Any] | None = None) -> list[ParityRecord]:
+               reference64: Callable[..., Any] | None = None,
+               unrounded: Callable[..., Any] | None = None,
+               int8_margin_db: float | None = None) -> list[ParityRecord]:
     """Compare ``candidate`` (onnxruntime) to ``reference`` on every input set;
-    raise ``OnnxParityError`` on the first set outside tolerance.
+    raise ``OnnxParityError`` on the first set outside tolerance, saying which
+    option would accept it.
 
     ``reference64`` (fp32 graphs only) runs the reference in float64: elements
     outside ``rtol``/``atol`` are accepted when they are within fp32 rounding
     noise of the exact result (see ``_within_fp32_noise``), and counted as such.
+    ``unrounded`` (int8 graphs only, with ``int8_margin_db``) runs the reference
+    without activation rounding: a set under ``min_sqnr_db`` is accepted when
+    onnxruntime is as close to it as the reference is (``_as_accurate_as_ours``).
     """
     records = []
     for label, xs in input_sets:
@@ -222,10 +269,14 @@ def run_parity(reference: Callable[..., Any], candidate: Callable[..., Any],
                 exact = _flat(reference64(*xs64))
             if _within_fp32_noise(ref, got, exact, rtol, atol):
                 rec.ok, rec.noise_explained = True, rec.mismatched
+        if not rec.ok and min_sqnr_db is not None and unrounded is not None and int8_margin_db is not None:
+            with torch.no_grad():
+                smooth = _flat(unrounded(*xs))
+            rec.ok = _as_accurate_as_ours(rec, ref, got, smooth, int8_margin_db)
         records.append(rec)
         if not rec.ok:
-            what = (f"SQNR {rec.sqnr_db:.1f} dB < budget {min_sqnr_db} dB" if min_sqnr_db is not None else
-                    f"{rec.mismatched} elements outside rtol={rtol}/atol={atol}, max abs err {rec.max_abs_err:.3g}")
+            what = (_int8_hint(rec, min_sqnr_db, int8_margin_db) if min_sqnr_db is not None
+                    else _fp32_hint(rec, rtol, atol))
             raise OnnxParityError(f"onnxruntime output differs from the compiled model on the {label} inputs "
                                   f"(shapes {rec.shapes}): {what}")
     return records
