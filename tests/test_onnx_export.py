@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import autoglm
 from autoglm.export.onnx.check import OnnxParityError, random_like
@@ -453,7 +454,7 @@ def _int8_graph(mod: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(root, _LeafInt8Tracer().trace(root))
 
 
-@pytest.mark.parametrize("pattern", ["dynamic-linear", "static-linear", "static-conv"])
+@pytest.mark.parametrize("pattern", ["dynamic-linear", "static-linear", "static-conv", "dynamic-conv"])
 def test_int8_export_is_exact_in_onnxruntime_worst_case(pattern, tmp_path):
     """Activations at uint8 255 times weights at +-127: every pair of products is 64770, which
     onnxruntime's u8 x s8 kernels saturate to 32767 on x86 CPUs without VNNI (AVX2 only). The
@@ -477,6 +478,15 @@ def test_int8_export_is_exact_in_onnxruntime_worst_case(pattern, tmp_path):
         acc = 255 * wq.long().sum(1)  # per output channel, at every position
         # output q/dq: acc * 2^-11 / 8 rounded (no ties: acc = 64770 * j, |j| <= 32), zero point 128
         want = ((torch.round(acc.double() * 2.0 ** -14).clamp(-128, 127)) * 8.0).reshape(1, n, 1, 1).expand(2, n, 2, 2)
+    elif pattern == "dynamic-conv":
+        c = k // 4
+        mod = Int8Conv2d(wq.reshape(n, c, 2, 2), torch.full((n,), w_scale), None, kernel="int_mm_dynamic")
+        # dynamic range [0, 255/256]: scale 1/256, zero point 0; code 255 except one 0 (first window only)
+        x = torch.full((2, c, 3, 3), 255 / 256)
+        x[0, 0, 0, 0] = 0.0
+        codes = torch.round(x / 2.0 ** -8)
+        assert codes.max() == 255
+        want = F.conv2d(codes.double(), wq.reshape(n, c, 2, 2).double()) * (2.0 ** -8 * w_scale)
     else:
         static = pattern == "static-linear"
         mod = Int8Linear(wq, torch.full((n,), w_scale), None, 2.0 ** -4 if static else None, 0 if static else None,

@@ -103,7 +103,7 @@ def test_every_linear_kernel_sums_exactly_on_this_cpu(mode):
     (1, 1, 1, 1), (2, 0, 1, 1), (1, 2, 2, 1), (1, 1, 1, 4), (1, 1, 1, 8)], ids=["3x3", "stride", "dilated",
                                                                                "grouped", "depthwise"])
 def test_int8_conv_kernels_match_qdq_simulation(stride, padding, dilation, groups):
-    from autoglm.ir.int8 import act_qparams, dequantize_weight, fake_quant_static, quantize_weight
+    from autoglm.ir.int8 import act_qparams, dequantize_weight, fake_quant_dynamic, fake_quant_static, quantize_weight
 
     g = torch.Generator().manual_seed(0)
     q, s = quantize_weight(torch.randn(8, 8 // groups, 3, 3, generator=g))
@@ -115,13 +115,22 @@ def test_int8_conv_kernels_match_qdq_simulation(stride, padding, dilation, group
     y = F.conv2d(fake_quant_static(x, *act), dequantize_weight(q, s), bias, *pair, groups)
     out = act_qparams(float(y.min()), float(y.max()))
     reference = fake_quant_static(y, *out)
-    for kernel in CONV_KERNELS:
+    for kernel in CONV_KERNELS["static"]:
         mod = Int8Conv2d(q, s, bias, *pair, groups, *act, *out, kernel=kernel)
         with torch.no_grad():
             got = mod(x)
         assert got.shape == reference.shape
         # Equal up to one output step where fp32 rounding lands on the other side of a tie.
         assert sqnr_db([reference], [got]) >= 60.0, (kernel, mod.active_kernel)
+    # Dynamic: the input's qparams from its own range, fp32 output (no output rounding).
+    x_dyn = x * 3.0 - 1.0  # a range with negatives: a zero point inside (0, 255)
+    dynamic_reference = F.conv2d(fake_quant_dynamic(x_dyn), dequantize_weight(q, s), bias, *pair, groups)
+    for kernel in CONV_KERNELS["dynamic"]:
+        mod = Int8Conv2d(q, s, bias, *pair, groups, kernel=kernel)
+        assert mod.mode == "dynamic" and kernel_exact(mod, kernel)
+        with torch.no_grad():
+            got = mod(x_dyn)
+        assert sqnr_db([dynamic_reference], [got]) >= 100.0, kernel  # exact int32 sums, fp32 scaling
 
 
 def test_kernel_timing_race_cannot_change_results(monkeypatch):
@@ -256,7 +265,25 @@ def _digits():
     return (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
 
 
-def test_static_int8_on_digits_keeps_top1():
+def test_dynamic_mode_quantizes_convolutions():
+    """Dynamic mode used to leave every conv fp32 ("needs static activation ranges"),
+    so a CNN's int8 touched only its last Linear (#17 item 7)."""
+    model, inputs = small_cnn(batch=8, size=16)
+    gm, ctx = capture_for_test(model, inputs)
+    gm = PassManager([Quantize(mode="dynamic", progress=False)]).run(gm, ctx)
+    convs = _modules(gm, Int8Conv2d)
+    assert len(convs) == 2 and all(c.mode == "dynamic" and c.out_scale is None for c in convs)
+    rows = {r["layer"]: r for r in ctx.notes["quantize"]["layers"]}
+    assert rows["model.conv1"]["status"] == rows["model.conv2"]["status"] == "int8", rows
+    assert not _modules(gm, nn.Conv2d)
+    with torch.no_grad():
+        got, ref = gm(*inputs)[0], model(*inputs)
+    assert sqnr_db([ref], [got]) >= 30.0
+
+
+@pytest.mark.parametrize("passes", ["quantize(mode=static, observer=percentile, progress=False)",
+                                    "quantize(progress=False)"], ids=["static", "dynamic-default"])
+def test_int8_on_digits_keeps_top1(passes):
     (xtr, ytr), (xte, yte) = _digits()
     torch.manual_seed(0)
     model = SmallCNN(width=16)
@@ -268,9 +295,8 @@ def test_static_int8_on_digits_keeps_top1():
             opt.step()
     model.eval()
     calibration = [(xtr[i:i + 128], ytr[i:i + 128]) for i in range(0, 512, 128)]  # labels are dropped
-    cm = autoglm.compile(model, (xte,), passes="quantize(mode=static, observer=percentile, progress=False)",
-                         calibration=calibration)
-    assert any(type(m) is Int8Conv2d for m in cm.graph_module.modules())
+    cm = autoglm.compile(model, (xte,), passes=passes, calibration=calibration)
+    assert sum(type(m) is Int8Conv2d for m in cm.graph_module.modules()) == 2  # both convolutions, not only the fc
     with torch.no_grad():
         acc_fp32 = float((model(xte).argmax(1) == yte).float().mean()) * 100
         acc_int8 = float((cm(xte).argmax(1) == yte).float().mean()) * 100

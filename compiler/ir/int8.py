@@ -148,7 +148,13 @@ LINEAR_KERNELS = {
     "dynamic": ("fbgemm_dynamic", "int_mm_dynamic"),
     "static": ("fbgemm_static", "int_mm_static"),
 }
-CONV_KERNELS = ("fbgemm_static", "int_mm_static")
+# Static convs re-quantize their output (fbgemm's conv returns uint8); dynamic ones
+# return fp32, and only ``torch._int_mm`` computes them (fbgemm has no exact
+# dynamic conv: ``quantized::conv2d_dynamic`` uses 7-bit activations).
+CONV_KERNELS = {
+    "dynamic": ("int_mm_dynamic",),
+    "static": ("fbgemm_static", "int_mm_static"),
+}
 
 
 def _int_mm_twin(kernel: str) -> str:
@@ -271,32 +277,44 @@ def _shifted_int8(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
 
 
 class Int8Conv2d(_Int8Kernel):
-    """Static int8 conv: uint8 in, int8 per-channel weights, uint8 out (returned dequantized, fp32).
+    """int8 conv: uint8 in, int8 per-channel weights.
 
-    Kernels: ``fbgemm_static`` (``quantized::conv2d``, prepacked) and
-    ``int_mm_static`` (int8 im2col + ``torch._int_mm``, exact int32 sums, then the
-    output q/dq). The int8 kernel re-quantizes its output, so the conv carries
-    calibrated output qparams too. An fbgemm kernel that is not exact on this
-    CPU (``kernel_exact``) runs as ``int_mm_static``.
+    Static (``act_scale`` set): calibrated input qparams and a uint8 output
+    (returned dequantized, fp32). Kernels: ``fbgemm_static`` (``quantized::conv2d``,
+    prepacked) and ``int_mm_static`` (int8 im2col + ``torch._int_mm``, exact int32
+    sums, then the output q/dq). The int8 kernel re-quantizes its output, so the
+    conv carries calibrated output qparams too. An fbgemm kernel that is not exact
+    on this CPU (``kernel_exact``) runs as ``int_mm_static``.
+
+    Dynamic (``act_scale is None``): the input's qparams are chosen per call, as a
+    dynamic Linear's are (onnxruntime's ``quantize_dynamic`` does the same for
+    ``Conv``: ``ConvInteger``), and the output stays fp32. Kernel: ``int_mm_dynamic``.
     """
 
     _TENSORS = ("weight_int8", "weight_scale", "bias")
 
     def __init__(self, weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None,
                  stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
-                 groups: int = 1, act_scale: float = 1.0, act_zero_point: int = 0, out_scale: float = 1.0,
-                 out_zero_point: int = 0, kernel: str = "fbgemm_static"):
+                 groups: int = 1, act_scale: float | None = None, act_zero_point: int | None = None,
+                 out_scale: float | None = None, out_zero_point: int | None = None, kernel: str | None = None):
         super().__init__()
         self.register_buffer("weight_int8", weight_int8.to(torch.int8).contiguous())
         self.register_buffer("weight_scale", weight_scale.float().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
         self.groups = int(groups)
-        self.act_scale, self.act_zero_point = float(act_scale), int(act_zero_point)
-        self.out_scale, self.out_zero_point = float(out_scale), int(out_zero_point)
-        if kernel not in CONV_KERNELS:
-            raise ValueError(f"kernel {kernel!r} is not an int8 conv kernel; use one of {CONV_KERNELS}")
-        self.kernel = kernel
+        self.mode = "dynamic" if act_scale is None else "static"
+        static = self.mode == "static"
+        if static and (act_zero_point is None or out_scale is None or out_zero_point is None):
+            raise ValueError("a static int8 conv needs act_zero_point, out_scale and out_zero_point")
+        self.act_scale = float(act_scale) if static else None
+        self.act_zero_point = int(act_zero_point) if static else None
+        self.out_scale = float(out_scale) if static else None
+        self.out_zero_point = int(out_zero_point) if static else None
+        self.kernel = kernel or CONV_KERNELS[self.mode][0]
+        if self.kernel not in CONV_KERNELS[self.mode]:
+            raise ValueError(f"kernel {self.kernel!r} is not a {self.mode} int8 conv kernel; "
+                             f"use one of {CONV_KERNELS[self.mode]}")
         self._state: Any = None
         self._active: str | None = None
 
@@ -306,7 +324,7 @@ class Int8Conv2d(_Int8Kernel):
                 "out_zero_point": self.out_zero_point, "kernel": self.kernel}
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight_int8.shape)}, groups={self.groups}, kernel={self.kernel}"
+        return f"{tuple(self.weight_int8.shape)}, groups={self.groups}, mode={self.mode}, kernel={self.kernel}"
 
     def _prepare(self, kernel: str) -> Any:
         if kernel == "fbgemm_static":
@@ -324,7 +342,7 @@ class Int8Conv2d(_Int8Kernel):
         kernel = self.active_kernel
         if self._state is None:
             self._state = self._prepare(kernel)
-        if kernel == "int_mm_static":
+        if kernel.startswith("int_mm"):
             return self._int_mm(x)
         with warnings.catch_warnings():  # fbgemm's conv only takes a (deprecated) quantized tensor
             warnings.simplefilter("ignore")
@@ -335,9 +353,13 @@ class Int8Conv2d(_Int8Kernel):
         n, c, h, w = x.shape
         c_out, _, kh, kw = self.weight_int8.shape
         (sh, sw), (ph, pw), (dh, dw), g = self.stride, self.padding, self.dilation, self.groups
-        zp = self.act_zero_point
+        if self.act_scale is None:  # dynamic: the whole input's range, as choose_qparams in the q/dq graph
+            s_t, z_t = QDQ.choose_qparams(x, ACT_QMIN, ACT_QMAX, EPS, ACT_DTYPE)
+            scale, zp = float(s_t), int(z_t)
+        else:
+            scale, zp = self.act_scale, self.act_zero_point
         # Padding is a real 0.0, i.e. the zero point: it then adds nothing after the fix-up below.
-        xq = F.pad(_shifted_int8(x, self.act_scale, zp), (pw, pw, ph, ph), value=zp - 128)
+        xq = F.pad(_shifted_int8(x, scale, zp), (pw, pw, ph, ph), value=zp - 128)
         ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         s = xq.stride()
         cols = xq.as_strided((n, ho, wo, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw))
@@ -349,10 +371,12 @@ class Int8Conv2d(_Int8Kernel):
         else:
             acc = torch.cat([torch._int_mm(cols[:, i * k:(i + 1) * k].contiguous(), wt)
                              for i, wt in enumerate(weights)], dim=1)
-        y = (acc - (zp - 128) * w_sum).float() * (self.weight_scale * self.act_scale)
+        y = (acc - (zp - 128) * w_sum).float() * (self.weight_scale * scale)
         if self.bias is not None:
             y = y + self.bias
         y = y.reshape(n, ho, wo, c_out).permute(0, 3, 1, 2)
+        if self.out_scale is None:
+            return y.contiguous()
         return fake_quant_static(y, self.out_scale, self.out_zero_point).contiguous()
 
     def _worst_case(self, kernel: str) -> tuple["Int8Conv2d", torch.Tensor, torch.Tensor]:
@@ -362,7 +386,13 @@ class Int8Conv2d(_Int8Kernel):
         kh, kw = q.shape[2:]
         size = [d * (k - 1) + 1 + s for d, k, s in zip(self.dilation, (kh, kw), self.stride)]
         x = torch.full((1, c_in, *size), float(ACT_QMAX))
+        if self.act_scale is None:
+            x[0, 0, 0, 0] = 0.0  # range [0, 255]: the dynamic qparams are scale 1, zero point 0
         exact = F.conv2d(x.double(), q.double(), None, self.stride, self.padding, self.dilation, self.groups)
+        if self.act_scale is None:
+            mod = Int8Conv2d(q, torch.ones(q.shape[0]), None, self.stride, self.padding, self.dilation, self.groups,
+                             kernel=kernel)
+            return mod, x, exact
         out_scale = max(float(exact.max()), 1.0) / ACT_QMAX  # the largest exact sum maps to 255
         mod = Int8Conv2d(q, torch.ones(q.shape[0]), None, self.stride, self.padding, self.dilation, self.groups,
                          1.0, 0, out_scale, 0, kernel=kernel)
@@ -415,7 +445,7 @@ def kernel_exact(mod: nn.Module, kernel: str) -> bool:
         probe, x, exact = mod._worst_case(kernel)
         probe._active = kernel  # run exactly this kernel, no fallback
         # A conv's output is re-quantized: one output step of rounding is allowed.
-        atol = probe.out_scale * 1.01 if isinstance(probe, Int8Conv2d) else 1e-3
+        atol = probe.out_scale * 1.01 if getattr(probe, "out_scale", None) is not None else 1e-3
         try:
             with torch.no_grad():
                 y = probe(x).double()

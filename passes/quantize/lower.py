@@ -5,7 +5,8 @@
     after:   y = Int8Linear[W_int8, W_scale, b, kernel=<fastest exact one measured>](x)
 
 Patterns (exactly what ``quantize`` writes, see docs/quantize.md): dynamic or
-static ``aten.linear``; static ``aten.conv2d`` followed by an output q/dq;
+static ``aten.linear``; static ``aten.conv2d`` followed by an output q/dq, or a
+dynamic one (fp32 output);
 ``aten.embedding`` of a dequantized table. Each linear's (conv's) kernel is
 chosen by timing the candidates in ``autoglm.ir.int8.LINEAR_KERNELS``
 (``CONV_KERNELS``) on the layer's real input shape, among those that compute
@@ -126,26 +127,39 @@ def _match(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, fx.Node, fx.Node, li
             return None  # no kernel reproduces the q/dq numbers here: keep the q/dq form
         row = _kernel_row(kernel, times, rejected)
         return Int8Linear(w[0], w[1], bias, scale, zp, kernel=kernel), act.x, node, drop, row
+    return _match_conv(node, act, w, bias, drop)
+
+
+def _match_conv(node: fx.Node, act: _Act, w: tuple, bias: torch.Tensor | None,
+                drop: list[fx.Node]) -> tuple[Any, fx.Node, fx.Node, list[fx.Node], dict] | None:
+    """A static conv (input and output q/dq) or a dynamic one (input q/dq, fp32 output)."""
     q_out = next(iter(node.users)) if len(node.users) == 1 else None
     out = _act(next(iter(q_out.users))) if q_out is not None and len(q_out.users) == 1 else None
-    if act.qparams is None or out is None or out.x is not node or out.qparams is None:
+    if act.qparams is None:
+        mode, out, qparams = "dynamic", None, ()
+    elif out is not None and out.x is node and out.qparams is not None:
+        mode, qparams = "static", (*act.qparams, *out.qparams)
+    else:
         return None
     stride, padding, dilation, groups = node.args[3:7]
     c_in, (kh, kw) = int(w[0].shape[1]) * int(groups), w[0].shape[2:]
     size = tuple(max(8, d * (k - 1) + 1) for d, k in zip(dilation, (kh, kw)))
     example = _example(act.x, c_in, 1, (1, c_in) + size)
-    key = ("conv2d", tuple(example.shape), tuple(w[0].shape), tuple(stride), tuple(padding), tuple(dilation), groups)
-    x_qdq = fake_quant_static(example, *act.qparams)
+    key = ("conv2d", mode, tuple(example.shape), tuple(w[0].shape), tuple(stride), tuple(padding), tuple(dilation),
+           groups)
+    x_qdq = fake_quant_static(example, *act.qparams) if act.qparams else fake_quant_dynamic(example)
     y = torch.nn.functional.conv2d(x_qdq, dequantize_weight(w[0], w[1]), bias, stride, padding, dilation, groups)
-    reference = fake_quant_static(y, *out.qparams)
+    reference = fake_quant_static(y, *out.qparams) if out is not None else y
     rejected: dict[str, str] = {}
 
     def make(k: str) -> Int8Conv2d:
-        return Int8Conv2d(w[0], w[1], bias, stride, padding, dilation, groups, *act.qparams, *out.qparams, kernel=k)
+        return Int8Conv2d(w[0], w[1], bias, stride, padding, dilation, groups, *qparams, kernel=k)
 
-    kernel, times = choose_kernel(make, CONV_KERNELS, example, key, reference=reference, rejected=rejected)
+    kernel, times = choose_kernel(make, CONV_KERNELS[mode], example, key, reference=reference, rejected=rejected)
     if kernel is None:
         return None  # no kernel reproduces the q/dq numbers here: keep the q/dq form
+    if out is None:
+        return make(kernel), act.x, node, drop, _kernel_row(kernel, times, rejected)
     return make(kernel), act.x, out.nodes[0], drop + out.nodes, _kernel_row(kernel, times, rejected)
 
 

@@ -2,7 +2,7 @@
 
 ``find_layers`` recognises Linear (``nn.Linear``, ``F.linear``, ``aten.linear``, and
 ``aten.addmm`` with an (in, out) weight: HF ``Conv1D`` under torch.export),
-Conv2d (static mode) and Embedding (weight-only) in either capture spelling and
+Conv2d and Embedding (weight-only) in either capture spelling and
 returns one ``Layer`` per node, plus the reason for every node it skips.
 ``Layer.simulate`` is the exact math of the layer's q/dq subgraph (the same
 ``quantized_decomposed`` ops), so what the pass measures is what the graph runs.
@@ -110,9 +110,6 @@ def find_layers(gm: fx.GraphModule, mode: str, per_channel: bool, exclude: Seque
                                 "dilation": _pair(conv.dilation), "groups": conv.groups})
             if isinstance(conv.padding, str):
                 skipped[layer.name] = f"padding={conv.padding!r} has no int8 kernel"
-                continue
-            if mode == "dynamic":
-                skipped[layer.name] = "conv2d needs static activation ranges (use mode='static')"
                 continue
         elif emb is not None:
             ids, w, w_node = emb

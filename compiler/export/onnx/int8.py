@@ -10,7 +10,9 @@ the same numerics written with standard ONNX int8 ops:
                              DynamicQuantizeMatMul (the form onnxruntime's quantize_dynamic writes)
     Int8Linear (static)  ->  QuantizeLinear/DequantizeLinear(x, calibrated) -> MatMul(DQ(W^T)) -> Add
                              ORT: MatMulIntegerToFloat (+ a separate bias Add)
-    Int8Conv2d           ->  Q/DQ(x) -> Conv(DQ(W, axis=0), bias) -> Q/DQ(out)   ORT: QLinearConv
+    Int8Conv2d (static)  ->  Q/DQ(x) -> Conv(DQ(W, axis=0), bias) -> Q/DQ(out)   ORT: QLinearConv
+    Int8Conv2d (dynamic) ->  DynamicQuantizeLinear(x) -> ConvInteger(x_q, W_int8, x_zp, 0) -> Cast
+                             -> Mul(., Mul(x_scale, w_scale)) -> Add(bias)  (quantize_dynamic's Conv form)
     Int8Embedding        ->  Gather(W_int8) * Gather(scale)                       (weight-only)
 
 Why these shapes (measured with onnxruntime 1.32 on CPU, docs/onnx.md): the QDQ
@@ -26,7 +28,7 @@ QDQ fusions run, so the executor disables that optimizer for models with
 
 ONNX has no op for torch's ``choose_qparams``; the dynamic activation
 quantization lives in small custom ops here (``dynamic_qdq``,
-``dynamic_int8_linear``) whose ONNX translations use ``DynamicQuantizeLinear``
+``dynamic_int8_linear``, ``dynamic_int8_conv2d``) whose ONNX translations use ``DynamicQuantizeLinear``
 (uint8, asymmetric, range including 0: the same scheme as the pass's dynamic mode).
 
 Weight storage (``store_weights_uint8``, run by the exporter on every file): the
@@ -57,8 +59,8 @@ from autoglm.ir.int8 import ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, QDQ, W_DTYPE, W_
 from autoglm.ir.effects import has_side_effects
 from autoglm.ir.ops import get_attr_value
 
-__all__ = ["int8_twin", "translation_table", "dynamic_qdq", "dynamic_int8_linear", "replace_qdq_linears",
-           "store_weights_uint8"]
+__all__ = ["int8_twin", "translation_table", "dynamic_qdq", "dynamic_int8_linear", "dynamic_int8_conv2d",
+           "replace_qdq_linears", "store_weights_uint8"]
 
 qd = torch.ops.quantized_decomposed
 
@@ -116,10 +118,47 @@ def _dynamic_int8_linear_onnx(x: Any, weight_int8_t: Any, weight_scale: Any, wei
     return y if bias is None else op.Add(y, bias)
 
 
+@torch.library.custom_op("autoglm_onnx::dynamic_int8_conv2d", mutates_args=())
+def dynamic_int8_conv2d(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, weight_zero: torch.Tensor,
+                        bias: Optional[torch.Tensor], stride: list[int], padding: list[int], dilation: list[int],
+                        groups: int) -> torch.Tensor:
+    """``conv2d(fake_quant_dynamic(x), dequantize(W_int8))``: our dynamic Int8Conv2d's math.
+
+    ``scale`` is the per-output-channel weight scale shaped ``[C, 1, 1]`` and ``bias``
+    ``[C, 1, 1]`` (what the ONNX form multiplies and adds on NCHW); ``weight_zero``
+    is one int8 zero (onnxruntime's ``ConvInteger`` takes only a scalar weight zero point).
+    """
+    w = weight_int8.float() * scale.reshape(-1, 1, 1, 1)
+    y = F.conv2d(dynamic_qdq(x), w, None, stride, padding, dilation, groups)
+    return y if bias is None else y + bias
+
+
+@dynamic_int8_conv2d.register_fake
+def _dynamic_int8_conv2d_fake(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
+                              weight_zero: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+                              padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    w = torch.empty(weight_int8.shape, dtype=x.dtype, device=x.device)
+    return F.conv2d(x, w, None, stride, padding, dilation, groups)
+
+
+def _dynamic_int8_conv2d_onnx(x: Any, weight_int8: Any, scale: Any, weight_zero: Any, bias: Any = None,
+                              stride: Any = (1, 1), padding: Any = (0, 0), dilation: Any = (1, 1),
+                              groups: int = 1) -> Any:
+    # The form onnxruntime.quantization.quantize_dynamic writes for Conv.
+    from onnxscript import opset18 as op
+
+    xq, x_scale, x_zero = op.DynamicQuantizeLinear(x)
+    acc = op.ConvInteger(xq, weight_int8, x_zero, weight_zero, strides=list(stride),
+                         pads=[*padding, *padding], dilations=list(dilation), group=groups)
+    y = op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, scale))  # to=1: FLOAT
+    return y if bias is None else op.Add(y, bias)
+
+
 def translation_table() -> dict[Callable, Callable]:
     """``custom_translation_table`` entries for ``torch.onnx.export``."""
     return {torch.ops.autoglm_onnx.dynamic_qdq.default: _dynamic_qdq_onnx,
-            torch.ops.autoglm_onnx.dynamic_int8_linear.default: _dynamic_int8_linear_onnx}
+            torch.ops.autoglm_onnx.dynamic_int8_linear.default: _dynamic_int8_linear_onnx,
+            torch.ops.autoglm_onnx.dynamic_int8_conv2d.default: _dynamic_int8_conv2d_onnx}
 
 
 def _static_qdq(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
@@ -162,7 +201,15 @@ class QdqConv2d(_QdqBase):
         self.act = (mod.act_scale, mod.act_zero_point)
         self.out = (mod.out_scale, mod.out_zero_point)
 
+        if mod.act_scale is None:  # ConvInteger's operands: scales and bias broadcast over [N, C, H, W]
+            self.register_buffer("scale_c11", self.weight_scale.reshape(-1, 1, 1))
+            self.register_buffer("bias_c11", None if self.bias is None else self.bias.reshape(-1, 1, 1))
+            self.register_buffer("weight_zero_int8", torch.zeros((), dtype=torch.int8))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act[0] is None:
+            return dynamic_int8_conv2d(x, self.weight_int8, self.scale_c11, self.weight_zero_int8, self.bias_c11,
+                                       list(self.stride), list(self.padding), list(self.dilation), self.groups)
         y = F.conv2d(_static_qdq(x, *self.act), self._weight(axis=0), self.bias, self.stride, self.padding,
                      self.dilation, self.groups)
         return _static_qdq(y, *self.out)
