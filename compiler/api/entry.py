@@ -89,7 +89,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
             captured = capture(model, args, kwargs, frontend="export", dynamic=dynamic)
         captured.reasons = {**reasons, **captured.reasons}
     with _preserved_state(model):
-        compiled = compile_graph(captured.graph_module, captured.flat_inputs, options, timings=timings)
+        compiled = compile_graph(captured.graph_module, captured.flat_inputs, options, timings=timings,
+                                 dynamic=captured.signature.dynamic)
     for prop, why in compiled.notes.get("invalidated", {}).items():
         warnings.warn(f"the {prop!r} result of an earlier pass was dropped: {why}; reorder the passes "
                       "(e.g. partition last) to keep it", UserWarning, stacklevel=2)

@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from autoglm.capture.dynamic import DynamicDims, infer_dims
 from autoglm.cost.model import CostModel
 from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation, has_annotation
@@ -58,17 +59,24 @@ class CompiledGraph:
 
 
 def compile_graph(gm: fx.GraphModule, flat_inputs: Sequence[Any], options: DriverOptions,
-                  cost_model: CostModel | None = None, timings: dict[str, float] | None = None) -> CompiledGraph:
+                  cost_model: CostModel | None = None, timings: dict[str, float] | None = None,
+                  dynamic: DynamicDims | None = None) -> CompiledGraph:
     """Annotate ``gm`` on ``flat_inputs``, cost it, run the passes and pick its executor.
 
     ``cost_model``: share one across calls (a branching program's segments) so measured
     timings are reused; ``timings`` receives ``annotate_s`` and ``passes_s``.
+    ``dynamic``: for a graph without fake values (symbolic frontend, branching segments), the
+    input dims that may change between calls, so passes never fix them to the example (the
+    capture's ``signature.dynamic``); None infers batch and sequence (``infer_dims``), ``{}``
+    says every shape is the example's. A torch.export graph's own symbolic dims win.
     """
+    if dynamic is None:
+        dynamic = infer_dims([t if isinstance(t, torch.Tensor) else torch.empty(()) for t in flat_inputs])
     cost = cost_model if cost_model is not None else CostModel(options.cost)
     measured = options.measure or options.cost == "measured"
     t0 = time.perf_counter()
     with torch.no_grad():
-        reference = annotate(gm, list(flat_inputs), measure=measured)
+        reference = annotate(gm, list(flat_inputs), measure=measured, dynamic=dynamic)
     cost.annotate_costs(gm, None if cost.kind == "analytic" else list(flat_inputs))
     t1 = time.perf_counter()
     ctx = PassContext(list(flat_inputs), devices=list(options.devices), cost=cost, calibration=options.calibration)

@@ -14,13 +14,18 @@ values are computed here, from their inputs' under the capture's own fake mode
 (``_fake_values``), which is cheap (no data) and leaves no guard behind (a guard
 would specialise a dimension to the example). A node that cannot run on fake
 tensors keeps ``symbolic=None``: unknown, which passes treat as "may change".
+
+Graphs of the symbolic frontend have no fake values, yet they are called at any
+batch size: ``annotate(..., dynamic=)`` is told which input dims may change (the
+driver infers batch and sequence) and finds the dims that follow them by running
+the graph once more at grown sizes (``shape_probe.py``, which says why not fake values).
 """
 from __future__ import annotations
 
 import contextlib
 import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -30,7 +35,8 @@ from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoglm.ir.effects import has_side_effects
-from autoglm.ir.meta import TensorSpec, annotation, symbolic_dims
+from autoglm.ir.meta import TensorSpec, annotation, has_annotation, symbolic_dims
+from autoglm.ir.shape_probe import probe_symbolic_shapes
 
 __all__ = ["annotate", "AnnotatingInterpreter", "symbolic_shapes"]
 
@@ -274,9 +280,57 @@ def _run_higher_order(interp: fx.Interpreter, n: fx.Node, args: tuple, kwargs: d
     return getattr(interp, n.op)(n.target, args, kwargs)
 
 
-def annotate(gm: fx.GraphModule, inputs: Sequence[Any], measure: bool = False, repeats: int = 5) -> Any:
+# Placeholder meta of a graph without fake values: {dim: name} of the dims that may change
+# between calls, so the annotations after every pass know them too (``_stated_dims``).
+_DYNAMIC_DIMS = "autoglm_dynamic_dims"
+
+
+def _stated_dims(gm: fx.GraphModule, dynamic: Mapping[int, Mapping[int, Any]] | None) -> dict[int, dict[int, Any]]:
+    """``dynamic`` remembered on the placeholders (when given), else what they remember."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if dynamic is not None:
+        for i, n in enumerate(placeholders):
+            n.meta[_DYNAMIC_DIMS] = {d: str(getattr(s, "name", s)) for d, s in dynamic.get(i, {}).items()}
+    return {i: dict(n.meta[_DYNAMIC_DIMS]) for i, n in enumerate(placeholders) if n.meta.get(_DYNAMIC_DIMS)}
+
+
+def _with_symbolic(spec: TensorSpec, sym: tuple | None) -> TensorSpec:
+    ok = sym is not None and len(sym) == len(spec.shape)
+    return TensorSpec(spec.shape, spec.dtype, sym if ok else None)
+
+
+def _probe(gm: fx.GraphModule, inputs: Sequence[Any], dims: dict[int, dict[int, Any]]) -> None:
+    """Symbolic dims of a graph without fake values, from one more run at grown sizes (shape_probe.py)."""
+    example = {n: [s.shape for s in annotation(n).outputs] for n in gm.graph.nodes if has_annotation(n)}
+    found = probe_symbolic_shapes(gm, inputs, dims, example)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for n in gm.graph.nodes:
+        if not has_annotation(n) or n.op == "output":
+            continue
+        ann = annotation(n)
+        if n.op == "get_attr" or not dims:  # a weight, or a graph whose every size is the example's
+            syms: list = [(None,) * len(s.shape) for s in ann.outputs]
+        elif n.op == "placeholder":  # known from ``dims`` even when the graph cannot be probed
+            stated = dims.get(placeholders.index(n), {})
+            syms = [tuple(stated.get(d) for d in range(len(s.shape))) for s in ann.outputs]
+        else:
+            syms = (found or {}).get(n, [None] * len(ann.outputs))
+        ann.outputs = [_with_symbolic(s, sym) for s, sym in zip(ann.outputs, syms)]
+
+
+def annotate(gm: fx.GraphModule, inputs: Sequence[Any], measure: bool = False, repeats: int = 5,
+             dynamic: Mapping[int, Mapping[int, Any]] | None = None) -> Any:
     """Fill every node's annotation by running ``gm`` on ``inputs``; returns the outputs.
 
     Nodes keep their provenance and tags; only the measured facts are replaced.
+    ``dynamic``: for a graph without fake values (symbolic frontend), the input dims
+    that may change between calls, per flat input ``{dim: name}``; remembered on the
+    graph, so the annotations after each pass know them too. A torch.export graph's
+    own symbolic dims are used instead.
     """
-    return AnnotatingInterpreter(gm, measure=measure, repeats=repeats).run(*inputs)
+    outputs = AnnotatingInterpreter(gm, measure=measure, repeats=repeats).run(*inputs)
+    if _fake_mode(gm) is None:
+        dims = _stated_dims(gm, dynamic)
+        if dims or dynamic is not None:
+            _probe(gm, inputs, dims)
+    return outputs
