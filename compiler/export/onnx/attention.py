@@ -15,6 +15,12 @@ has the same hole (0/0 in ONNX ``Softmax``).
 So before export each attention whose mask can hide a whole row is followed by
 ``where(any key visible in the row, out, 0)``: in torch it changes nothing (the
 row is already 0), in ONNX it makes the file compute what torch computes.
+
+It also unblocked T5 and Swin (tests/zoo): torch.onnx's decomposition of their
+masked attention returned a transposed layout that the model's next ``view``
+could not take ("Cannot view a tensor with shape [2, 12, 4, 8] and strides
+(384, 8, 96, 1)"; ``torch.onnx.export`` of the eager model fails the same way).
+The ``where`` yields a fresh tensor, and both now export with parity.
 """
 from __future__ import annotations
 
