@@ -135,7 +135,11 @@ def test_int8_conv_kernels_match_qdq_simulation(stride, padding, dilation, group
 
 def test_kernel_timing_race_cannot_change_results(monkeypatch):
     """Kernel choice is by timing (noisy on a loaded machine): any outcome of the race gives
-    the q/dq graph's numbers, because only exact kernels are candidates."""
+    the q/dq graph's accuracy, because only exact kernels are candidates (each layer agrees
+    with its q/dq simulation to 60 dB). End to end two exact kernels can still differ more:
+    their fp32 epilogues round differently in the last bit, and a dynamic scale chosen from
+    one element then re-rounds a whole later tensor (export/onnx/int8_reference.py); measured
+    49.7 dB here for fbgemm_dynamic with int7 weights, at the same accuracy against fp32."""
     import itertools
 
     import autoglm.ir.int8 as int8
@@ -145,6 +149,7 @@ def test_kernel_timing_race_cannot_change_results(monkeypatch):
     qdq = PassManager([Quantize(progress=False, lower=False)]).run(gm, ctx)
     with torch.no_grad():
         want = qdq(*ctx.example_inputs)[0]
+        fp32 = model(*inputs)
     chosen = set()
     for step in (1, -1):  # the first-timed candidate always wins, then the last one
         clock = itertools.count(1000, step)
@@ -154,7 +159,10 @@ def test_kernel_timing_race_cannot_change_results(monkeypatch):
         gm = PassManager([Quantize(progress=False)]).run(gm, ctx)
         chosen |= {r["kernel"] for r in ctx.notes["quantize"]["lowered"]}
         with torch.no_grad():
-            assert sqnr_db([want], [gm(*ctx.example_inputs)[0]]) >= 60.0, ctx.notes["quantize"]["lowered"]
+            got = gm(*ctx.example_inputs)[0]
+        rows = ctx.notes["quantize"]["lowered"]
+        assert sqnr_db([want], [got]) >= 40.0, rows
+        assert abs(sqnr_db([fp32], [got]) - sqnr_db([fp32], [want])) <= 0.5, rows
     assert "int_mm_dynamic" in chosen  # (fbgemm_dynamic too, on a CPU where it is exact)
 
 
@@ -371,3 +379,36 @@ def test_gpt2_conv1d_layers_quantize(lower):
     # Measured (random weights, this config): 38.9 dB SQNR, cosine 0.99994 vs fp32.
     assert sqnr_db([ref], [out]) >= 30.0
     assert F.cosine_similarity(ref.flatten(), out.flatten(), dim=0) >= 0.999
+
+
+def test_default_weight_codes_keep_the_fast_kernel_exact_on_this_cpu():
+    """Without VNNI, fbgemm's u8 x s8 kernels saturate int8 (+-127) weights, and the exact
+    alternative (torch._int_mm) ran real MiniLM 27x slower than fp32 on such a CPU. The
+    default then quantizes weights to int7 (+-64), for which fbgemm is exact: it must
+    qualify for every Linear (it was rejected as inexact for all of them before)."""
+    from autoglm.ir.int8 import INT7_QMAX, W_QMAX, weight_qmax_for_this_cpu
+
+    qmax = weight_qmax_for_this_cpu()
+    model, inputs = small_transformer()
+    gm, ctx = capture_for_test(model, inputs)
+    gm = PassManager([Quantize(progress=False)]).run(gm, ctx)
+    notes = ctx.notes["quantize"]
+    assert notes["weights"]["qmax"] == qmax and notes["weights"]["codes"] == ("int8" if qmax == W_QMAX else "int7")
+    linears = _modules(gm, Int8Linear)
+    assert linears and all(int(m.weight_int8.abs().max()) <= qmax for m in linears)
+    rows = [r for r in notes["lowered"] if r["kernel"] != "gather_int8"]
+    assert rows and all("fbgemm_dynamic" not in r.get("rejected", {}) for r in rows), rows
+    if qmax == INT7_QMAX:
+        assert all(kernel_exact(m, "fbgemm_dynamic") for m in linears)
+
+
+@pytest.mark.parametrize("weights,qmax", [("int8", 127), ("int7", 64)])
+def test_weight_codes_can_be_stated(weights, qmax):
+    model, inputs = small_transformer()
+    gm, ctx = capture_for_test(model, inputs)
+    gm = PassManager([Quantize(progress=False, weights=weights)]).run(gm, ctx)
+    widest = max(int(m.weight_int8.abs().max()) for m in _modules(gm, Int8Linear))
+    assert widest == qmax  # per-channel scales: each row's largest weight takes the widest code
+    assert ctx.notes["quantize"]["weights"]["why"] == f"weights='{weights}'"
+    with pytest.raises(ValueError, match="weights='int4' is not one of"):
+        Quantize(weights="int4")

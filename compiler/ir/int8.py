@@ -46,7 +46,7 @@ with warnings.catch_warnings():  # the registration import itself is fine; silen
     import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.quantized_decomposed
 
 __all__ = [
-    "QDQ", "ACT_QMIN", "ACT_QMAX", "W_QMIN", "W_QMAX", "EPS",
+    "QDQ", "ACT_QMIN", "ACT_QMAX", "W_QMIN", "W_QMAX", "INT7_QMAX", "EPS", "weight_qmax_for_this_cpu",
     "quantize_weight", "dequantize_weight", "act_qparams", "fake_quant_dynamic", "fake_quant_static",
     "Int8Linear", "Int8Conv2d", "Int8Embedding", "LINEAR_KERNELS", "CONV_KERNELS", "choose_kernel",
     "kernel_exact",
@@ -68,24 +68,29 @@ class QDQ:
 
 ACT_QMIN, ACT_QMAX, ACT_DTYPE = 0, 255, torch.uint8  # activations: uint8 asymmetric (ONNX/fbgemm default)
 W_QMIN, W_QMAX, W_DTYPE = -127, 127, torch.int8  # weights: symmetric, so zero point 0 everywhere
+# The widest weight codes fbgemm's u8 x s8 kernels sum exactly without VNNI: they add
+# pairs of products in int16 with saturation, and 2 x 255 x 64 = 32640 <= 32767.
+INT7_QMAX = 64
 EPS = float(torch.finfo(torch.float32).eps)
 
 
 # ---------------------------------------------------------------- numerics shared by pass and kernels
 
 
-def quantize_weight(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(w: torch.Tensor, per_channel: bool = True, qmax: int = W_QMAX) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 weight along axis 0 -> (int8 tensor, fp32 scale per row).
 
     Per-tensor granularity still returns one scale per row (all equal), so the
-    graph always uses one op spelling (``dequantize_per_channel``).
+    graph always uses one op spelling (``dequantize_per_channel``). ``qmax``: the
+    largest code (127; ``INT7_QMAX`` keeps fbgemm exact without VNNI, see
+    ``weight_qmax_for_this_cpu``); the codes are int8 either way.
     """
     w = w.detach().float()
     flat = w.reshape(w.shape[0], -1).abs()
     amax = flat.amax(dim=1) if per_channel else flat.amax().expand(w.shape[0])
-    scale = (amax / W_QMAX).clamp_min(EPS)
+    scale = (amax / qmax).clamp_min(EPS)
     shape = (-1,) + (1,) * (w.dim() - 1)
-    q = torch.round(w / scale.reshape(shape)).clamp(W_QMIN, W_QMAX).to(W_DTYPE)
+    q = torch.round(w / scale.reshape(shape)).clamp(-qmax, qmax).to(W_DTYPE)
     return q.contiguous(), scale.contiguous()
 
 
@@ -261,7 +266,7 @@ class Int8Linear(_Int8Kernel):
 
     def _worst_case(self, kernel: str) -> tuple["Int8Linear", torch.Tensor, torch.Tensor]:
         """(module with this shape and all-max weights, input quantizing to 255, exact output)."""
-        q = torch.full_like(self.weight_int8, W_QMAX)
+        q = torch.full_like(self.weight_int8, _widest_code(self.weight_int8))
         static = self.act_scale is not None
         mod = Int8Linear(q, torch.ones(self.out_features), None, 1.0 if static else None, 0 if static else None,
                          kernel=kernel)
@@ -269,6 +274,15 @@ class Int8Linear(_Int8Kernel):
         if not static:
             x[0, 0] = 0.0  # range [0, 255]: the dynamic qparams are scale 1, zero point 0
         return mod, x, x.double() @ q.double().t()
+
+
+def _widest_code(q: torch.Tensor) -> int:
+    """The largest |code| the layer's weights may hold: 64 for int7 weights, else 127.
+
+    Worst cases are built from it, so a kernel exact only for int7 codes qualifies
+    only for layers quantized to them.
+    """
+    return INT7_QMAX if int(q.abs().max()) <= INT7_QMAX else W_QMAX
 
 
 def _shifted_int8(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
@@ -381,7 +395,7 @@ class Int8Conv2d(_Int8Kernel):
 
     def _worst_case(self, kernel: str) -> tuple["Int8Conv2d", torch.Tensor, torch.Tensor]:
         """(module with this shape/config and all-max weights, input quantizing to 255, exact output)."""
-        q = torch.full_like(self.weight_int8, W_QMAX)
+        q = torch.full_like(self.weight_int8, _widest_code(self.weight_int8))
         c_in = q.shape[1] * self.groups
         kh, kw = q.shape[2:]
         size = [d * (k - 1) + 1 + s for d, k, s in zip(self.dilation, (kh, kw), self.stride)]
@@ -440,7 +454,8 @@ def kernel_exact(mod: nn.Module, kernel: str) -> bool:
     """
     config = mod._config() if isinstance(mod, Int8Conv2d) else {"static": getattr(mod, "act_scale", None) is not None}
     config = {k: v for k, v in config.items() if k in ("stride", "padding", "dilation", "groups", "static")}
-    key = (type(mod).__name__, kernel, tuple(mod.weight_int8.shape), repr(sorted(config.items())))
+    key = (type(mod).__name__, kernel, tuple(mod.weight_int8.shape), repr(sorted(config.items())),
+           _widest_code(mod.weight_int8))
     if key not in _EXACT:
         probe, x, exact = mod._worst_case(kernel)
         probe._active = kernel  # run exactly this kernel, no fallback
@@ -453,6 +468,25 @@ def kernel_exact(mod: nn.Module, kernel: str) -> bool:
         except (RuntimeError, NotImplementedError):
             _EXACT[key] = False
     return _EXACT[key]
+
+
+_FULL_RANGE_EXACT: list[bool] = []  # fbgemm exact with 127 codes on this CPU (probed once)
+
+
+def weight_qmax_for_this_cpu() -> int:
+    """127 where fbgemm's int8 kernels are exact with full-range weights (VNNI), else ``INT7_QMAX``.
+
+    Without VNNI the only exact kernel for 127 codes is ``torch._int_mm``, which has
+    no fast path there: measured on an AVX2-only EPYC, 1 thread, real MiniLM batch 16
+    x 64 ran 27.3x slower than fp32 eager with int8 weights (int_mm_dynamic) and
+    0.69x with int7 weights (fbgemm_dynamic), at embedding cosine 0.9913 vs 0.9866.
+    7-bit activations (torch.ao's ``reduce_range``, the other way to keep fbgemm
+    exact) measured 0.957 there.
+    """
+    if not _FULL_RANGE_EXACT:
+        probe = Int8Linear(torch.full((8, 64), W_QMAX, dtype=torch.int8), torch.ones(8), kernel="fbgemm_dynamic")
+        _FULL_RANGE_EXACT.append(kernel_exact(probe, "fbgemm_dynamic"))
+    return W_QMAX if _FULL_RANGE_EXACT[0] else INT7_QMAX
 
 
 def choose_kernel(make: Callable[[str], nn.Module], candidates: Sequence[str], example: torch.Tensor,

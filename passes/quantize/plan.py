@@ -36,6 +36,7 @@ class Layer:
     bias_node: fx.Node | None = None
     conv: dict[str, Any] = field(default_factory=dict)  # stride, padding, dilation, groups
     per_channel: bool = True
+    weight_qmax: int = 127  # widest weight code: 127, or 64 (int7) where fbgemm needs it to be exact
     mode: str = "dynamic"
     act: tuple[float, int] | None = None  # static input (scale, zero point)
     out: tuple[float, int] | None = None  # static conv output (scale, zero point)
@@ -46,7 +47,7 @@ class Layer:
         w = self.weight.detach().float()
         if self.smooth is not None:
             w = w * self.smooth
-        return quantize_weight(w, self.per_channel)
+        return quantize_weight(w, self.per_channel, self.weight_qmax)
 
     def simulate(self, x: torch.Tensor) -> torch.Tensor:
         q, s = self.quantized_weight()

@@ -31,7 +31,8 @@ import torch
 import torch.fx as fx
 
 from autoglm.ir.effects import eliminate_dead_code
-from autoglm.ir.int8 import ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, QDQ, W_DTYPE, W_QMAX, W_QMIN, act_qparams
+from autoglm.ir.int8 import (ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, INT7_QMAX, QDQ, W_DTYPE, W_QMAX, W_QMIN, act_qparams,
+                             weight_qmax_for_this_cpu)
 from autoglm.ir.meta import annotation
 from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
@@ -59,6 +60,9 @@ class QuantizeOptions:
     min_layer_sqnr_db: float | None = None
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns on layer or node names
     smooth: float | None = None  # SmoothQuant alpha (e.g. 0.5); kept per layer only where it helps
+    # Weight codes: "int8" (+-127), "int7" (+-64), or "auto": int7 where this CPU's fast int8
+    # kernels (fbgemm) would saturate int8 codes, i.e. without VNNI (weight_qmax_for_this_cpu).
+    weights: Literal["auto", "int8", "int7"] = "auto"
     embeddings: bool = True  # weight-only int8 embedding tables
     lower: bool = True  # replace q/dq patterns by the fastest measured exact int8 kernel
     progress: bool = True  # tqdm bars while calibrating
@@ -68,7 +72,8 @@ class QuantizeOptions:
 
 
 def _check(o: QuantizeOptions) -> None:
-    allowed = {"mode": ("dynamic", "static"), "granularity": ("per_channel", "per_tensor"), "observer": OBSERVERS}
+    allowed = {"mode": ("dynamic", "static"), "granularity": ("per_channel", "per_tensor"), "observer": OBSERVERS,
+               "weights": ("auto", "int8", "int7")}
     for key, values in allowed.items():
         if getattr(o, key) not in values:
             raise ValueError(f"quantize: {key}={getattr(o, key)!r} is not one of {list(values)}")
@@ -112,6 +117,10 @@ class Quantize(GraphPass):
         if not layers:
             ctx.notes[self.name] = {"mode": o.mode, "layers": [_row(n, "fp32", r) for n, r in skipped.items()]}
             return PassResult(gm, False)
+        qmax, weights_why = _weight_codes(o.weights)
+        for layer in layers:
+            if layer.kind != "embedding":  # a gathered table is weight-only: no kernel to keep exact
+                layer.weight_qmax = qmax
         n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
         batches = calibration_batches(ctx.calibration, ctx.example_inputs, n_inputs)
         if o.mode == "static" or o.smooth is not None:
@@ -138,6 +147,7 @@ class Quantize(GraphPass):
             "mode": o.mode, "granularity": o.granularity, "observer": o.observer if o.mode == "static" else None,
             "metric": o.metric if isinstance(o.metric, str) else getattr(o.metric, "__name__", "callable"),
             "max_error": o.max_error, "metric_value_qdq": final, "calibration_batches": len(batches),
+            "weights": {"codes": "int7" if qmax == INT7_QMAX else "int8", "qmax": qmax, "why": weights_why},
             "layers": [_row(layer.name, "int8" if layer in chosen else "fp32", kept.get(layer), layer)
                        for layer in layers] + [_row(n, "fp32", r) for n, r in skipped.items()],
         }
@@ -290,6 +300,19 @@ class Quantize(GraphPass):
         g.erase_node(node)
         drop_attr(gm, layer.weight_node)
         return out
+
+
+def _weight_codes(choice: str) -> tuple[int, str]:
+    """(widest weight code, why) for ``QuantizeOptions.weights``."""
+    if choice == "int8":
+        return W_QMAX, "weights='int8'"
+    if choice == "int7":
+        return INT7_QMAX, "weights='int7'"
+    qmax = weight_qmax_for_this_cpu()
+    if qmax == W_QMAX:
+        return qmax, "auto: fbgemm's int8 kernels are exact with int8 weights on this CPU"
+    return qmax, ("auto: without VNNI fbgemm saturates int8 weights and the exact int8 kernel (torch._int_mm) "
+                  "is slower than fp32 here; int7 weights keep fbgemm exact (weights='int8' to override)")
 
 
 def _qdq(g: fx.Graph, x: fx.Node, act: tuple[float, int] | None) -> fx.Node:
