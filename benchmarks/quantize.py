@@ -187,25 +187,9 @@ def minilm(args: argparse.Namespace) -> None:
 def digits(args: argparse.Namespace) -> None:
     """A CNN trained here on scikit-learn's digits (real data): top-1 of fp32, dynamic
     (the default options) and static int8, and their speed, side by side."""
-    from sklearn.datasets import load_digits
+    from examples.models import digits_cnn
 
-    from examples.models import SmallCNN
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    cut = int(0.7 * len(y))
-    (xtr, ytr), (xte, yte) = (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
-    torch.manual_seed(0)
-    model = SmallCNN(width=args.digits_width)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(6):
-        for i in range(0, len(ytr), 64):
-            opt.zero_grad()
-            F.cross_entropy(model(xtr[i:i + 64]), ytr[i:i + 64]).backward()
-            opt.step()
-    model.eval()
+    model, (xtr, _), (xte, yte) = digits_cnn(width=args.digits_width)
     calibration = [(xtr[i:i + 128],) for i in range(0, 512, 128)]
     variants = {"eager fp32": model}
     for label, passes in (("ours int8 dynamic (default)", "quantize(progress=False)"),

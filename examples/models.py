@@ -45,6 +45,31 @@ def small_cnn(batch: int = 4, size: int = 8, seed: int = 0) -> tuple[nn.Module, 
     return model, (x,)
 
 
+def digits_cnn(width: int = 16, epochs: int = 6) -> tuple[nn.Module, tuple, tuple]:
+    """``SmallCNN`` trained here on scikit-learn's digits (real data, shipped with the package).
+
+    Returns (model in eval mode, (x_train, y_train), (x_test, y_test)): a fixed 70/30
+    split of the 1797 8x8 images scaled to [0, 1]; the same on every call.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.7 * len(y))
+    (xtr, ytr), (xte, yte) = (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+    torch.manual_seed(0)
+    model = SmallCNN(width=width)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for i in range(0, len(ytr), 64):
+            opt.zero_grad()
+            F.cross_entropy(model(xtr[i:i + 64]), ytr[i:i + 64]).backward()
+            opt.step()
+    return model.eval(), (xtr, ytr), (xte, yte)
+
+
 def bert_base_encoder(batch: int = 1, seq: int = 128, layers: int = 12, seed: int = 0) -> tuple[nn.Module, tuple]:
     """BERT-base sized: 12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522."""
     model = _init(TransformerEncoder(vocab=30522, hidden=768, heads=12, ffn=3072, layers=layers, max_len=512,

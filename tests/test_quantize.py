@@ -15,7 +15,7 @@ from autoglm.ir.pass_manager import PassManager, sqnr_db
 from autoglm.passes.quantize.quantize import Quantize
 from autoglm.passes.quantize.lower import QuantizeLower
 from autoglm.passes.spec import SpecError
-from examples.models import SmallCNN, small_cnn, small_transformer
+from examples.models import digits_cnn, small_cnn, small_transformer
 from tests.pass_check import capture_for_test, check_pass, op_sequence
 
 
@@ -262,46 +262,11 @@ def test_saved_artifact_keeps_int8_and_reloads(tmp_path: Path):
     assert any(type(m) is Int8Linear for m in loaded.graph_module.modules())
 
 
-def _digits():
-    datasets = pytest.importorskip("sklearn.datasets")
-    data = datasets.load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(y), generator=g)
-    cut = int(0.7 * len(y))
-    return (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
-
-
-def test_dynamic_mode_quantizes_convolutions():
-    """Dynamic mode used to leave every conv fp32 ("needs static activation ranges"),
-    so a CNN's int8 touched only its last Linear (#17 item 7)."""
-    model, inputs = small_cnn(batch=8, size=16)
-    gm, ctx = capture_for_test(model, inputs)
-    gm = PassManager([Quantize(mode="dynamic", progress=False)]).run(gm, ctx)
-    convs = _modules(gm, Int8Conv2d)
-    assert len(convs) == 2 and all(c.mode == "dynamic" and c.out_scale is None for c in convs)
-    rows = {r["layer"]: r for r in ctx.notes["quantize"]["layers"]}
-    assert rows["model.conv1"]["status"] == rows["model.conv2"]["status"] == "int8", rows
-    assert not _modules(gm, nn.Conv2d)
-    with torch.no_grad():
-        got, ref = gm(*inputs)[0], model(*inputs)
-    assert sqnr_db([ref], [got]) >= 30.0
-
-
 @pytest.mark.parametrize("passes", ["quantize(mode=static, observer=percentile, progress=False)",
                                     "quantize(progress=False)"], ids=["static", "dynamic-default"])
 def test_int8_on_digits_keeps_top1(passes):
-    (xtr, ytr), (xte, yte) = _digits()
-    torch.manual_seed(0)
-    model = SmallCNN(width=16)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(6):
-        for i in range(0, len(ytr), 64):
-            opt.zero_grad()
-            F.cross_entropy(model(xtr[i:i + 64]), ytr[i:i + 64]).backward()
-            opt.step()
-    model.eval()
+    pytest.importorskip("sklearn.datasets")
+    model, (xtr, ytr), (xte, yte) = digits_cnn(width=16)
     calibration = [(xtr[i:i + 128], ytr[i:i + 128]) for i in range(0, 512, 128)]  # labels are dropped
     cm = autoglm.compile(model, (xte,), passes=passes, calibration=calibration)
     assert sum(type(m) is Int8Conv2d for m in cm.graph_module.modules()) == 2  # both convolutions, not only the fc
@@ -412,3 +377,29 @@ def test_weight_codes_can_be_stated(weights, qmax):
     assert ctx.notes["quantize"]["weights"]["why"] == f"weights='{weights}'"
     with pytest.raises(ValueError, match="weights='int4' is not one of"):
         Quantize(weights="int4")
+
+
+def test_keyword_calibration_batches_are_flattened_like_the_example():
+    """Hugging Face models are called, and their example given, with keyword inputs; calibration
+    batches in that form were passed to the graph as their keys ('attention_mask'), a traceback."""
+    class Keyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(16, 8)
+
+        def forward(self, hidden: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return self.fc(hidden * scale)
+
+    model = Keyword().eval()
+    g = torch.Generator().manual_seed(0)
+
+    def batch() -> dict:  # keys in another order than the example's: matched by name
+        return {"scale": torch.rand(4, 1, generator=g) + 0.5, "hidden": torch.randn(4, 16, generator=g)}
+
+    example = {"hidden": torch.randn(4, 16, generator=g), "scale": torch.ones(4, 1)}
+    cm = autoglm.compile(model, example, passes="quantize(mode=static, progress=False)",
+                         calibration=[batch(), batch()])
+    assert cm.notes["quantize"]["calibration_batches"] == 2
+    assert [r["status"] for r in cm.notes["quantize"]["layers"]] == ["int8"]
+    with torch.no_grad():
+        assert sqnr_db([model(**example)], [cm(**example)]) >= 25.0

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from autoglm.capture import capture
+from autoglm.capture.flat import FlatBatches
 from autoglm.driver.compiled import CompiledModel
 from autoglm.driver.graph import DriverOptions, compile_graph, executor_for_loaded, preserved_buffers
 from autoglm.passes.pipeline import resolve_passes
@@ -74,6 +75,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     with _preserved_state(model):
         captured = capture(model, args, kwargs, frontend=frontend, branches=True, dynamic=dynamic)
     timings["capture_s"] = time.perf_counter() - t0
+    if calibration is not None:  # keyword batches (HF models) in the graph's flat input order
+        calibration = FlatBatches(calibration, captured.signature)
     options = DriverOptions(pipeline, devices, verify=verify, cost=cost, calibration=calibration, measure=measure)
     if captured.frontend == "branching":  # data-dependent control flow: one graph per path
         from autoglm.program.program import compile_program

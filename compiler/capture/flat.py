@@ -19,7 +19,8 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from autoglm.capture.dynamic import dims_from_json, dims_to_json
 
-__all__ = ["FlatSignature", "Captured", "FlatCall", "fixed_arity_flat_call", "split_leaves", "merge_leaves"]
+__all__ = ["FlatSignature", "Captured", "FlatCall", "FlatBatches", "fixed_arity_flat_call", "split_leaves",
+           "merge_leaves"]
 
 
 def _is_tensor_like(v: Any) -> bool:
@@ -194,6 +195,26 @@ class FlatCall(nn.Module):
         out_tensors, positions, consts = split_leaves(leaves)
         sig.out_spec, sig.out_positions, sig.out_consts = out_spec, positions, consts
         return tuple(out_tensors)
+
+
+class FlatBatches:
+    """Calibration batches as the graph's flat input tuples.
+
+    A dict batch holds keyword inputs (how Hugging Face models are called, and how
+    their example is given) and is flattened as the example was; any other batch
+    (a tensor, a tuple, a DataLoader's ``(x, y)``) passes through as it is. Lazy, so a
+    DataLoader is iterated only when a pass reads it.
+    """
+
+    def __init__(self, batches: Any, signature: FlatSignature):
+        self.batches, self.signature = batches, signature
+
+    def __iter__(self) -> Any:
+        for batch in self.batches:
+            if isinstance(batch, dict):
+                yield tuple(self.signature.flatten_inputs((), batch))
+            else:
+                yield batch
 
 
 def fixed_arity_flat_call(model: nn.Module, signature: FlatSignature, n: int) -> FlatCall:
