@@ -33,7 +33,7 @@ import torch.fx as fx
 from autoglm.ir.effects import eliminate_dead_code
 from autoglm.ir.int8 import (ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, INT7_QMAX, QDQ, W_DTYPE, W_QMAX, W_QMIN, act_qparams,
                              weight_qmax_for_this_cpu)
-from autoglm.ir.meta import annotation
+from autoglm.ir.meta import annotation, has_symbolic_shapes
 from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.quantize.calibrate import OBSERVERS, Probe, calibration_batches, observed_range
@@ -153,6 +153,9 @@ class Quantize(GraphPass):
         }
         if o.lower and chosen:
             notes["lowered"] = lower_qdq(gm)
+            if has_symbolic_shapes(gm.graph):  # said, not silent: one choice serves every shape
+                notes["kernels_timed_at"] = ("the example's shapes, used at every shape (candidates are exact, "
+                                             "so another shape can differ only in speed)")
             if o.max_error is not None:
                 notes["metric_value_lowered"] = self._check_lowered(gm, batches, reference)
         ctx.notes[self.name] = notes
