@@ -162,6 +162,27 @@ CONV_KERNELS = {
 }
 
 
+# A dynamic graph serves many shapes, and which kernel is fastest can change with the
+# row count (fbgemm's prepacked GEMM wins small, ``torch._int_mm`` large, on VNNI CPUs).
+# A lowered linear may then carry one kernel per row-count bucket, at most this many.
+MAX_KERNEL_BUCKETS = 8
+
+
+def _check_buckets(buckets: Sequence[Sequence[Any]] | None) -> tuple[tuple[int, str], ...]:
+    """``[[max_rows, kernel], ...]`` with increasing row bounds; () for one kernel at every shape."""
+    if not buckets:
+        return ()
+    if not isinstance(buckets, (list, tuple)) or len(buckets) > MAX_KERNEL_BUCKETS:
+        raise ValueError(f"kernel_by_rows: a list of at most {MAX_KERNEL_BUCKETS} [max_rows, kernel] pairs")
+    out: list[tuple[int, str]] = []
+    for b in buckets:
+        if not (isinstance(b, (list, tuple)) and len(b) == 2 and type(b[0]) is int and isinstance(b[1], str)
+                and b[0] > (out[-1][0] if out else 0)):
+            raise ValueError(f"kernel_by_rows: {b!r} is not [max_rows, kernel] with max_rows increasing")
+        out.append((b[0], b[1]))
+    return tuple(out)
+
+
 def _int_mm_twin(kernel: str) -> str:
     """The ``torch._int_mm`` kernel computing the same numbers as an fbgemm one (exact int32 sums)."""
     return kernel.replace("fbgemm_", "int_mm_")
@@ -198,7 +219,8 @@ class Int8Linear(_Int8Kernel):
     _TENSORS = ("weight_int8", "weight_scale", "bias")
 
     def __init__(self, weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None,
-                 act_scale: float | None = None, act_zero_point: int | None = None, kernel: str | None = None):
+                 act_scale: float | None = None, act_zero_point: int | None = None, kernel: str | None = None,
+                 kernel_by_rows: Sequence[Sequence[Any]] | None = None):
         super().__init__()
         self.register_buffer("weight_int8", weight_int8.to(torch.int8).contiguous())
         self.register_buffer("weight_scale", weight_scale.float().contiguous())
@@ -207,10 +229,12 @@ class Int8Linear(_Int8Kernel):
         self.act_zero_point = None if act_zero_point is None else int(act_zero_point)
         self.mode = "dynamic" if self.act_scale is None else "static"
         self.kernel = kernel or LINEAR_KERNELS[self.mode][0]
-        if self.kernel not in LINEAR_KERNELS[self.mode]:
-            raise ValueError(f"kernel {self.kernel!r} is not a {self.mode} int8 linear kernel; "
-                             f"use one of {LINEAR_KERNELS[self.mode]}")
-        self._state: Any = None
+        for k in [self.kernel, *(k for _, k in kernel_by_rows or ())]:
+            if k not in LINEAR_KERNELS[self.mode]:
+                raise ValueError(f"kernel {k!r} is not a {self.mode} int8 linear kernel; "
+                                 f"use one of {LINEAR_KERNELS[self.mode]}")
+        self.kernel_by_rows = _check_buckets(kernel_by_rows)
+        self._state: dict[str, Any] = {}  # packed weights per kernel that has run
         self._active: str | None = None
 
     @property
@@ -222,10 +246,25 @@ class Int8Linear(_Int8Kernel):
         return int(self.weight_int8.shape[0])
 
     def _config(self) -> dict[str, Any]:
-        return {"act_scale": self.act_scale, "act_zero_point": self.act_zero_point, "kernel": self.kernel}
+        config = {"act_scale": self.act_scale, "act_zero_point": self.act_zero_point, "kernel": self.kernel}
+        if self.kernel_by_rows:
+            config["kernel_by_rows"] = [list(b) for b in self.kernel_by_rows]
+        return config
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}->{self.out_features}, mode={self.mode}, kernel={self.kernel}"
+        buckets = f", kernel_by_rows={list(self.kernel_by_rows)}" if self.kernel_by_rows else ""
+        return f"{self.in_features}->{self.out_features}, mode={self.mode}, kernel={self.kernel}{buckets}"
+
+    def kernel_for(self, x: torch.Tensor) -> str:
+        """The kernel that runs on ``x``: its row count's shape bucket (dynamic graphs), else
+        ``kernel``; an fbgemm kernel inexact on this CPU runs as its ``int_mm`` twin."""
+        if not self.kernel_by_rows:
+            return self.active_kernel
+        rows = x.numel() // max(int(x.shape[-1]), 1)
+        chosen = next((k for bound, k in self.kernel_by_rows if rows <= bound), self.kernel_by_rows[-1][1])
+        if chosen == self.kernel:
+            return self.active_kernel
+        return chosen if not chosen.startswith("fbgemm") or kernel_exact(self, chosen) else _int_mm_twin(chosen)
 
     def _prepare(self, kernel: str) -> Any:
         if kernel.startswith("fbgemm"):
@@ -237,17 +276,18 @@ class Int8Linear(_Int8Kernel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:  # fbgemm wants rows; a single vector is one row (found by the fuzzer)
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        kernel = self.active_kernel
-        if self._state is None:
-            self._state = self._prepare(kernel)
+        kernel = self.kernel_for(x)
+        if kernel not in self._state:
+            self._state[kernel] = self._prepare(kernel)
+        state = self._state[kernel]
         if kernel == "fbgemm_dynamic":
-            return torch.ops.quantized.linear_dynamic(x, self._state, False)
+            return torch.ops.quantized.linear_dynamic(x, state, False)
         if kernel == "fbgemm_static":
             return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                x, self.act_scale, self.act_zero_point, self._state)
-        return self._int_mm(x)
+                x, self.act_scale, self.act_zero_point, state)
+        return self._int_mm(x, state)
 
-    def _int_mm(self, x: torch.Tensor) -> torch.Tensor:
+    def _int_mm(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self.act_scale is None:
@@ -257,7 +297,7 @@ class Int8Linear(_Int8Kernel):
             scale, zp = self.act_scale, self.act_zero_point
         # uint8 values shifted to int8 (-128) so both operands are int8, zero point follows.
         xq = _shifted_int8(x2, scale, zp)
-        wt, col_sum = self._state
+        wt, col_sum = state
         acc = torch._int_mm(xq, wt) - (zp - 128) * col_sum
         y = acc.float() * (self.weight_scale * scale)
         if self.bias is not None:

@@ -30,6 +30,7 @@ from autoglm.ir.int8 import (CONV_KERNELS, LINEAR_KERNELS, QDQ, Int8Conv2d, Int8
 from autoglm.ir.meta import annotation, has_annotation, output_spec
 from autoglm.ir.ops import get_attr_value
 from autoglm.ir.pass_base import GraphPass, NoOptions, PassContext, PassResult
+from autoglm.passes.quantize.buckets import choose_kernel_by_rows, timing_rows
 
 __all__ = ["QuantizeLower", "lower_qdq", "drop_attr"]
 
@@ -121,12 +122,31 @@ def _match(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, fx.Node, fx.Node, li
         x_qdq = fake_quant_dynamic(example) if scale is None else fake_quant_static(example, scale, zp)
         reference = torch.nn.functional.linear(x_qdq, dequantize_weight(w[0], w[1]), bias)
         rejected: dict[str, str] = {}
-        kernel, times = choose_kernel(lambda k: Int8Linear(w[0], w[1], bias, scale, zp, kernel=k),
-                                      LINEAR_KERNELS[mode], example, key, reference=reference, rejected=rejected)
+
+        def make(k: str) -> Int8Linear:
+            return Int8Linear(w[0], w[1], bias, scale, zp, kernel=k)
+
+        rows = timing_rows(act.x, in_features)
+        if rows is not None:  # dynamic rows: time a few row counts, maybe one kernel per bucket
+            def simulate(x: torch.Tensor) -> torch.Tensor:
+                xq = fake_quant_dynamic(x) if scale is None else fake_quant_static(x, scale, zp)
+                return torch.nn.functional.linear(xq, dequantize_weight(w[0], w[1]), bias)
+
+            kernel, buckets, timed = choose_kernel_by_rows(make, LINEAR_KERNELS[mode], rows,
+                                                           example.numel() // in_features, in_features,
+                                                           (mode, tuple(w[0].shape)), simulate, rejected)
+            if kernel is None:
+                return None
+            row = {**_kernel_row(kernel, {}, rejected), **timed}
+            if buckets:
+                row["kernel_by_rows"] = buckets
+            mod = Int8Linear(w[0], w[1], bias, scale, zp, kernel=kernel, kernel_by_rows=buckets)
+            return mod, act.x, node, drop, row
+        kernel, times = choose_kernel(make, LINEAR_KERNELS[mode], example, key, reference=reference,
+                                      rejected=rejected)
         if kernel is None:
             return None  # no kernel reproduces the q/dq numbers here: keep the q/dq form
-        row = _kernel_row(kernel, times, rejected)
-        return Int8Linear(w[0], w[1], bias, scale, zp, kernel=kernel), act.x, node, drop, row
+        return make(kernel), act.x, node, drop, _kernel_row(kernel, times, rejected)
     return _match_conv(node, act, w, bias, drop)
 
 

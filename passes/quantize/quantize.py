@@ -153,9 +153,8 @@ class Quantize(GraphPass):
         }
         if o.lower and chosen:
             notes["lowered"] = lower_qdq(gm)
-            if has_symbolic_shapes(gm.graph):  # said, not silent: one choice serves every shape
-                notes["kernels_timed_at"] = ("the example's shapes, used at every shape (candidates are exact, "
-                                             "so another shape can differ only in speed)")
+            if has_symbolic_shapes(gm.graph):  # said, not silent: how kernel choices serve other shapes
+                notes["kernels_timed_at"] = _kernel_shape_note(notes["lowered"])
             if o.max_error is not None:
                 notes["metric_value_lowered"] = self._check_lowered(gm, batches, reference)
         ctx.notes[self.name] = notes
@@ -303,6 +302,22 @@ class Quantize(GraphPass):
         g.erase_node(node)
         drop_attr(gm, layer.weight_node)
         return out
+
+
+def _kernel_shape_note(lowered: list[dict[str, Any]]) -> str:
+    """One line for cm.notes: which kernel choices were timed per row-count bucket, which at one shape."""
+    by_rows = [r for r in lowered if "timed_at_rows" in r]
+    split = [r for r in by_rows if r.get("kernel_by_rows")]
+    rest = len(lowered) - len(by_rows)
+    parts = []
+    if by_rows:
+        counts = sorted({int(c) for r in by_rows for c in r["timed_at_rows"]})
+        parts.append(f"{len(by_rows)} dynamic linear(s) timed at row counts {counts[0]}-{counts[-1]} "
+                     f"(x1/64 to x64 of the example's); {len(split)} specialise by row-count bucket "
+                     f"(kernel_by_rows), {len(by_rows) - len(split)} have one kernel fastest at every count")
+    if rest:
+        parts.append(f"{rest} layer(s) timed at the example's shape and used at every shape")
+    return "; ".join(parts) + " (candidates are exact, so a bucket changes speed, never results)"
 
 
 def _weight_codes(choice: str) -> tuple[int, str]:
