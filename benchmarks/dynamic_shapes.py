@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 import autoglm  # noqa: E402
 import autoglm.driver.graph as driver_graph  # noqa: E402
 from autoglm.passes.quantize.quantize import Quantize  # noqa: E402
-from benchmarks.quantize import SENTENCES  # noqa: E402
+from examples.sentences import SENTENCES  # noqa: E402
 
 COMPILES = {"n": 0}
 _compile_graph = driver_graph.compile_graph

@@ -34,22 +34,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import autoglm  # noqa: E402
 from autoglm.passes.quantize.quantize import Quantize  # noqa: E402
+from examples.sentences import SENTENCES  # noqa: E402
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.", "A man is playing a guitar on stage.",
-    "Quantization reduces model size and speeds up inference on CPUs.", "How do I reset my password?",
-    "Stock markets fell sharply after the announcement.", "She loves reading books about ancient history.",
-    "The weather today is sunny with a chance of rain in the evening.",
-    "Graph compilers rewrite neural networks for faster execution.", "My flight was delayed by three hours.",
-    "The recipe calls for two cups of flour and a pinch of salt.", "Children are playing football in the park.",
-    "The new phone has a better camera and a longer battery life.", "Please send me the report by Friday.",
-    "Scientists discovered a new species of frog in the rainforest.", "He fixed the bug in the parser last night.",
-    "The museum is closed on Mondays.", "I would like to book a table for four people.",
-    "Electric cars are becoming cheaper every year.", "The orchestra performed Beethoven's ninth symphony.",
-    "Our team won the championship after a long season.", "The doctor recommended more sleep and less coffee.",
-    "This hotel offers free breakfast and airport shuttle.", "Rain is expected to continue through the weekend.",
-    "The committee approved the budget for next year.",
-]
 
 
 def timed(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:

@@ -16,7 +16,9 @@ from autoglm.driver.compiled import CompiledModel
 from autoglm.driver.graph import DriverOptions, compile_graph, executor_for_loaded, preserved_buffers
 from autoglm.passes.pipeline import resolve_passes
 
-__all__ = ["compile", "load", "split_example_inputs"]
+__all__ = ["compile", "load", "split_example_inputs", "BACKENDS"]
+
+BACKENDS = ("fx", "onnxruntime", "openvino")
 
 
 def split_example_inputs(example_inputs: Any) -> tuple[tuple, dict]:
@@ -57,7 +59,9 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     ``devices``: where partitions run (``["cpu", "cpu"]``); one device by default.
     ``verify=True`` checks the outputs against the pre-pass graph after every pass.
     ``backend``: ``"fx"`` runs the rewritten graph in PyTorch (multi-device when
-    partitioned); ``"onnxruntime"`` exports it and runs an InferenceSession.
+    partitioned); ``"onnxruntime"`` exports it and runs an InferenceSession; ``"openvino"``
+    exports it and runs it on OpenVINO's CPU plugin (``pip install 'open-autoglm[openvino]'``).
+    ``backend_options``: the runtime's and the exporter's options (``threads``, ...).
     Models with data-dependent branches return an ``autoglm.program.program.Program``
     that compiles one path per outcome sequence, at most ``max_plans`` of them,
     then follows ``on_limit`` (``"eager"`` or ``"error"``); see docs/dynamic_graphs.md.
@@ -65,8 +69,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     sequence dims, ``False`` fixes every shape, ``{"input_ids": {0: "batch", 1: ("seq", 1, 512)}}``
     states them, a list of other example inputs marks the dims that differ; see docs/dynamic_shapes.md.
     """
-    if backend not in ("fx", "onnxruntime"):
-        raise ValueError(f"backend must be 'fx' or 'onnxruntime', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     devices = list(devices or ["cpu"])
     args, kwargs = split_example_inputs(example_inputs)
     pipeline = resolve_passes(passes, devices)  # bad specs fail before any work
@@ -78,6 +82,9 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     if calibration is not None:  # keyword batches (HF models) in the graph's flat input order
         calibration = FlatBatches(calibration, captured.signature)
     options = DriverOptions(pipeline, devices, verify=verify, cost=cost, calibration=calibration, measure=measure)
+    if captured.frontend == "branching" and backend == "openvino":
+        raise ValueError("backend='openvino' runs models without data-dependent branches, and this one has "
+                         "them: use backend='onnxruntime' (one session per path) or 'fx'")
     if captured.frontend == "branching":  # data-dependent control flow: one graph per path
         from autoglm.program.program import compile_program
 
@@ -106,6 +113,10 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
         from autoglm.export.onnx.export import attach_onnxruntime
 
         attach_onnxruntime(cm, **(backend_options or {}))
+    elif backend == "openvino":
+        from autoglm.export.openvino import attach_openvino
+
+        attach_openvino(cm, **(backend_options or {}))
     return cm
 
 

@@ -225,13 +225,13 @@ def _fp32_hint(rec: ParityRecord, rtol: float, atol: float) -> str:
             "if this error is acceptable for your use, export with larger rtol=/atol=")
 
 
-def _int8_hint(rec: ParityRecord, min_sqnr_db: float, margin_db: float | None) -> str:
+def _int8_hint(rec: ParityRecord, min_sqnr_db: float, margin_db: float | None, runtime: str = "onnxruntime") -> str:
     what = f"SQNR {rec.sqnr_db:.1f} dB against our int8 outputs < budget {min_sqnr_db} dB"
     accept_sqnr = f"int8_min_sqnr_db={math.floor(rec.sqnr_db)}"
     if rec.unrounded_sqnr_db_onnx is None or rec.unrounded_sqnr_db_ours is None:
         return f"{what}; if this is acceptable for your use, export with {accept_sqnr}"
     gap = rec.unrounded_sqnr_db_ours - rec.unrounded_sqnr_db_onnx
-    return (f"{what}, and against the same graph without activation rounding onnxruntime is at "
+    return (f"{what}, and against the same graph without activation rounding {runtime} is at "
             f"{rec.unrounded_sqnr_db_onnx:.1f} dB where our int8 model is at {rec.unrounded_sqnr_db_ours:.1f} dB "
             f"({gap:.1f} dB worse; allowed: int8_margin_db={margin_db}), so the file is less accurate than the "
             f"model it came from. If this is acceptable for your use, export with int8_margin_db={math.ceil(gap)} "
@@ -245,8 +245,8 @@ def run_parity(reference: Callable[..., Any], candidate: Callable[..., Any],
                min_sqnr_db: float | None = None,
                reference64: Callable[..., Any] | None = None,
                unrounded: Callable[..., Any] | None = None,
-               int8_margin_db: float | None = None) -> list[ParityRecord]:
-    """Compare ``candidate`` (onnxruntime) to ``reference`` on every input set;
+               int8_margin_db: float | None = None, runtime: str = "onnxruntime") -> list[ParityRecord]:
+    """Compare ``candidate`` (``runtime`` running the file) to ``reference`` on every input set;
     raise ``OnnxParityError`` on the first set outside tolerance, saying which
     option would accept it.
 
@@ -275,9 +275,9 @@ def run_parity(reference: Callable[..., Any], candidate: Callable[..., Any],
             rec.ok = _as_accurate_as_ours(rec, ref, got, smooth, int8_margin_db)
         records.append(rec)
         if not rec.ok:
-            what = (_int8_hint(rec, min_sqnr_db, int8_margin_db) if min_sqnr_db is not None
+            what = (_int8_hint(rec, min_sqnr_db, int8_margin_db, runtime) if min_sqnr_db is not None
                     else _fp32_hint(rec, rtol, atol))
-            raise OnnxParityError(f"onnxruntime output differs from the compiled model on the {label} inputs "
+            raise OnnxParityError(f"{runtime} output differs from the compiled model on the {label} inputs "
                                   f"(shapes {rec.shapes}): {what}")
     return records
 

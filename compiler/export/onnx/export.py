@@ -54,7 +54,8 @@ from autoglm.export.onnx.check import (OnnxExportError, OnnxParityError, ParityR
 from autoglm.export.onnx.attention import zero_unattended_rows
 from autoglm.export.onnx.float64 import float64_twin_module
 from autoglm.export.onnx.int8_reference import unrounded_twin
-from autoglm.export.onnx.int8 import int8_twin, replace_qdq_linears, store_weights_uint8, translation_table
+from autoglm.export.onnx.int8 import DYNAMIC_INT8_FORMS, int8_twin, replace_qdq_linears, store_weights_uint8, \
+    translation_table
 from autoglm.runtime.onnxruntime import OrtExecutor, OrtOptions
 
 __all__ = ["ExportOptions", "OnnxExportResult", "ParityRecord", "OnnxExportError", "OnnxParityError",
@@ -77,6 +78,11 @@ class ExportOptions:
     activation rounding (int8_reference.py: two int8 runs may round differently at
     a scale choice; the file must be as accurate, not equal). None: budget only.
     ``check``: run the checks (turn off only for debugging an export).
+    ``dynamic_int8_as``: how dynamic int8 Linears are written. ``"integer"``:
+    ``DynamicQuantizeLinear -> MatMulInteger``, our numbers exactly (onnxruntime fuses it
+    into its int8 kernels). ``"weight_only"``: int8 weights, ``DequantizeLinear -> MatMul``
+    on the float activation, for runtimes that quantize activations themselves
+    (OpenVINO's CPU plugin, per group of 64 values: the OpenVINO backend uses it).
     """
 
     opset: int = 18
@@ -91,6 +97,7 @@ class ExportOptions:
     optimize: bool = True
     seed: int = 0
     check_threads: int = 1
+    dynamic_int8_as: str = "integer"
 
 
 @dataclass
@@ -143,7 +150,8 @@ def _mask_metadata(weight: torch.Tensor, tags: dict[str, Any]) -> dict[str, Any]
     return info
 
 
-def _lower(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, Any], dict[str, Any], bool]:
+def _lower(gm: fx.GraphModule, dynamic_int8_as: str = "integer"
+           ) -> tuple[fx.GraphModule, dict[str, Any], dict[str, Any], bool]:
     """A copy of ``gm`` whose own modules are replaced by exportable twins.
 
     Returns (lowered, sparse metadata, int8 metadata, has_int8). The original
@@ -170,7 +178,7 @@ def _lower(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, Any], dict[str
         elif callable(getattr(mod, "dense_weight", None)) and hasattr(mod, "in_features"):
             twin = _dense_linear(mod)
         else:
-            twin = int8_twin(mod)
+            twin = int8_twin(mod, dynamic_int8_as)
             if twin is not None and "int8" not in tags:
                 tags = {**tags, "int8": {"module": type(mod).__name__}}
         if twin is not None:
@@ -402,16 +410,26 @@ def _float64_twin(gm: fx.GraphModule) -> Callable[..., Any]:
 
 def _parity(gm: fx.GraphModule, path: Path, inputs: list[torch.Tensor], probe: list[torch.Tensor] | None,
             opts: ExportOptions, min_sqnr_db: float | None) -> list[ParityRecord]:
+    return parity_check(gm, OrtExecutor(path, OrtOptions(threads=opts.check_threads)), inputs, probe, opts,
+                        min_sqnr_db)
+
+
+def parity_check(gm: fx.GraphModule, run: Callable[..., Any], inputs: list[torch.Tensor],
+                 probe: list[torch.Tensor] | None, opts: ExportOptions, min_sqnr_db: float | None,
+                 runtime: str = "onnxruntime") -> list[ParityRecord]:
+    """``run`` (a runtime executing the exported file) against ``gm`` on the example inputs,
+    ``opts.parity_sets`` random sets and, for dynamic files, ``probe`` (other shapes):
+    fp32 within ``rtol``/``atol`` (or fp32 noise), int8 within ``min_sqnr_db`` (or as accurate)."""
     gen = torch.Generator().manual_seed(opts.seed + 1)
     sets: list[tuple[str, list[torch.Tensor]]] = [("example", inputs)]
     sets += [(f"random-{k + 1}", [random_like(x, gen) for x in inputs]) for k in range(opts.parity_sets)]
     if probe is not None:
         sets.append(("dynamic-shape", probe))
-    ort_run = OrtExecutor(path, OrtOptions(threads=opts.check_threads))
     if min_sqnr_db is None:
-        return run_parity(gm, ort_run, sets, opts.rtol, opts.atol, reference64=_float64_twin(gm))
-    return run_parity(gm, ort_run, sets, opts.rtol, opts.atol, min_sqnr_db,
-                      unrounded=_built_on_first_use(unrounded_twin, gm), int8_margin_db=opts.int8_margin_db)
+        return run_parity(gm, run, sets, opts.rtol, opts.atol, reference64=_float64_twin(gm), runtime=runtime)
+    return run_parity(gm, run, sets, opts.rtol, opts.atol, min_sqnr_db,
+                      unrounded=_built_on_first_use(unrounded_twin, gm), int8_margin_db=opts.int8_margin_db,
+                      runtime=runtime)
 
 
 def resolve_options(options: ExportOptions | None, kwargs: dict[str, Any]) -> ExportOptions:
@@ -422,6 +440,8 @@ def resolve_options(options: ExportOptions | None, kwargs: dict[str, Any]) -> Ex
         raise TypeError(f"unknown export option(s) {sorted(bad)}; valid: {sorted(ExportOptions.__dataclass_fields__)}")
     if kwargs:
         opts = ExportOptions(**{**asdict(opts), **kwargs})
+    if opts.dynamic_int8_as not in DYNAMIC_INT8_FORMS:
+        raise ValueError(f"dynamic_int8_as must be one of {DYNAMIC_INT8_FORMS}, got {opts.dynamic_int8_as!r}")
     if opts.opset < 13:
         raise ValueError(f"opset {opts.opset} is too old: per-channel QuantizeLinear needs opset >= 13")
     return opts
@@ -460,7 +480,7 @@ def export_graph(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], tar
     inputs = [x.detach().cpu() for x in example_inputs]
     gen = torch.Generator().manual_seed(opts.seed)
     t0 = time.perf_counter()
-    lowered, sparse, int8_meta, has_int8 = _lower(gm)
+    lowered, sparse, int8_meta, has_int8 = _lower(gm, opts.dynamic_int8_as)
     dynamic = _probe_dynamic(gm, inputs, gen) if opts.dynamic else {}
     onnx_program, dynamic = _export_with_fallback(lowered, inputs, opts, dynamic, input_names, output_names)
     metadata = {"autoglm.version": _autoglm_version(), **(metadata or {})}

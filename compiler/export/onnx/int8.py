@@ -180,13 +180,25 @@ class _QdqBase(nn.Module):
 
 
 class QdqLinear(_QdqBase):
-    def __init__(self, mod: Int8Linear):
+    """``weight_only`` (dynamic linears only): ``x @ DQ(W_int8^T) + b`` with the activation left
+    in float, for runtimes that quantize activations themselves (``dynamic_int8_as="weight_only"``)."""
+
+    def __init__(self, mod: Int8Linear, weight_only: bool = False):
         super().__init__(mod.weight_int8.t(), mod.weight_scale, mod.bias)  # (in, out): DQ feeds MatMul directly
         self.act_scale, self.act_zero_point = mod.act_scale, mod.act_zero_point
+        self.weight_only = weight_only and self.act_scale is None
+        if self.weight_only:  # (out, in), as OpenVINO's compressed-weight matmuls want them (measured: a
+            # runtime Transpose of every u8 weight otherwise)
+            self.register_buffer("weight_rows", mod.weight_int8.contiguous())
         if self.act_scale is None:  # MatMulInteger's weight zero points: int8, one per output column
             self.register_buffer("weight_zero_int8", torch.zeros(mod.out_features, dtype=torch.int8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_only:
+            w = qd.dequantize_per_channel(self.weight_rows, self.weight_scale, self.weight_zero, 0, W_QMIN, W_QMAX,
+                                          torch.int8)
+            return F.linear(x, w, self.bias)
+            return y if self.bias is None else y + self.bias
         if self.act_scale is None:
             return dynamic_int8_linear(x, self.weight_int8, self.weight_scale, self.weight_zero_int8, self.bias)
         xd = _static_qdq(x, self.act_scale, self.act_zero_point)
@@ -229,8 +241,17 @@ _TWINS: list[tuple[type, Callable[[Any], nn.Module]]] = [
     (Int8Linear, QdqLinear), (Int8Conv2d, QdqConv2d), (Int8Embedding, QdqEmbedding)]
 
 
-def int8_twin(mod: nn.Module) -> nn.Module | None:
-    """The QDQ twin of one of our int8 modules (None for anything else)."""
+DYNAMIC_INT8_FORMS = ("integer", "weight_only")
+
+
+def int8_twin(mod: nn.Module, dynamic_int8_as: str = "integer") -> nn.Module | None:
+    """The QDQ twin of one of our int8 modules (None for anything else).
+
+    ``dynamic_int8_as="weight_only"`` writes dynamic Linears as int8 weights with a float
+    activation (see ``QdqLinear``); "integer" (default) as onnxruntime's integer chain.
+    """
+    if type(mod) is Int8Linear:
+        return QdqLinear(mod, weight_only=dynamic_int8_as == "weight_only").eval()
     for cls, make in _TWINS:
         if type(mod) is cls:
             return make(mod).eval()
