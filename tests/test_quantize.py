@@ -62,7 +62,7 @@ class _TwoLinear(nn.Module):
 def test_unlowered_qdq_pattern_then_lowering_matches():
     model, x = _TwoLinear().eval(), torch.randn(4, 16)
     gm, ctx = capture_for_test(model, (x,))
-    gm = PassManager([Quantize(lower=False, progress=False)]).run(gm, ctx)
+    gm = PassManager([Quantize(lower=False, smooth=None, progress=False)]).run(gm, ctx)  # no smoothing Mul
     qdq = ["fn:dequantize_per_channel.default", "fn:choose_qparams.tensor", "fn:getitem", "fn:getitem",
            "fn:quantize_per_tensor.tensor", "fn:dequantize_per_tensor.tensor", "fn:linear.default"]
     assert op_sequence(gm) == qdq + ["fn:relu"] + qdq  # the portable form the ONNX exporter maps
@@ -203,10 +203,11 @@ def _outlier_data():
 def test_accuracy_budget_keeps_sensitive_layer_fp32():
     model, batches = _outlier_data()
     loose_gm, loose_ctx = capture_for_test(model, batches[0], calibration=batches)
-    PassManager([Quantize(progress=False)]).run(loose_gm, loose_ctx)
+    # smooth=None: the outlier layer is the one to keep; SmoothQuant would rescue it instead
+    PassManager([Quantize(smooth=None, progress=False)]).run(loose_gm, loose_ctx)
     loose = loose_ctx.notes["quantize"]["metric_value_qdq"]
     gm, ctx = capture_for_test(model, batches[0], calibration=batches)
-    gm = PassManager([Quantize(max_error=0.99999, progress=False)]).run(gm, ctx)
+    gm = PassManager([Quantize(max_error=0.99999, smooth=None, progress=False)]).run(gm, ctx)
     notes = ctx.notes["quantize"]
     kept = [r for r in notes["layers"] if r["status"] == "fp32"]
     assert [r["layer"] for r in kept] == ["model.b"], notes["layers"]
@@ -266,7 +267,9 @@ def test_saved_artifact_keeps_int8_and_reloads(tmp_path: Path):
                                     "quantize(progress=False)"], ids=["static", "dynamic-default"])
 def test_int8_on_digits_keeps_top1(passes):
     pytest.importorskip("sklearn.datasets")
-    model, (xtr, ytr), (xte, yte) = digits_cnn(width=16)
+    # width 32 trains to ~98% here; the width-16 CNN (93%) left 3 of 540 images within int8 noise
+    # of the decision boundary, lost with int8 weights (VNNI CPUs) and kept with int7 ones
+    model, (xtr, ytr), (xte, yte) = digits_cnn(width=32)
     calibration = [(xtr[i:i + 128], ytr[i:i + 128]) for i in range(0, 512, 128)]  # labels are dropped
     cm = autoglm.compile(model, (xte,), passes=passes, calibration=calibration)
     assert sum(type(m) is Int8Conv2d for m in cm.graph_module.modules()) == 2  # both convolutions, not only the fc

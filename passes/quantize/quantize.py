@@ -59,7 +59,10 @@ class QuantizeOptions:
     # this many dB stays fp32, whatever the whole-model budget says. None: no floor.
     min_layer_sqnr_db: float | None = None
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns on layer or node names
-    smooth: float | None = None  # SmoothQuant alpha (e.g. 0.5); kept per layer only where it helps
+    # SmoothQuant alpha, kept per layer only where it raises that layer's measured SQNR; None: off.
+    # 0.5 by default: on real all-MiniLM-L6-v2 (32 sentences x 64 tokens, calibration on 24 others)
+    # the embedding cosine min went 0.9895 -> 0.9948 at the same speed (0.381x -> 0.385x eager).
+    smooth: float | None = 0.5
     # Weight codes: "int8" (+-127), "int7" (+-64), or "auto": int7 where this CPU's fast int8
     # kernels (fbgemm) would saturate int8 codes, i.e. without VNNI (weight_qmax_for_this_cpu).
     weights: Literal["auto", "int8", "int7"] = "auto"
@@ -84,6 +87,12 @@ def _check(o: QuantizeOptions) -> None:
                          "a number in (0, 1] such as 0.99")
     if o.smooth is not None and not 0.0 <= o.smooth <= 1.0:
         raise ValueError(f"quantize: smooth={o.smooth} must be a SmoothQuant alpha in [0, 1] (or None)")
+
+
+# SmoothQuant is kept on a layer only when it raises the layer's SQNR by at least this much:
+# smaller gains are within calibration noise, and each smoothed layer costs a Mul on its input
+# (measured: the digits CNN's fc gained 0.35 dB and the model lost 2 of 360 held-out images).
+SMOOTH_MIN_GAIN_DB = 1.0
 
 
 def output_metric(metric: Any, reference: list[tuple], outputs: list[tuple]) -> float:
@@ -216,7 +225,7 @@ class Quantize(GraphPass):
         for layer in layers:
             plain = probe.sqnr_db(layer.node, "plain")
             smoothed = probe.sqnr_db(layer.node, "smooth") if layer.smooth is not None else -math.inf
-            if smoothed > plain:
+            if smoothed >= plain + SMOOTH_MIN_GAIN_DB:
                 layer.sqnr_db = smoothed
             else:
                 layer.smooth, layer.sqnr_db = None, plain
