@@ -30,16 +30,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
+
+# Inputs cross into OpenVINO through numpy exactly as into onnxruntime (same checks, same error).
+from autoglm.runtime.onnxruntime import OrtInputError as OvInputError, _to_numpy
 
 __all__ = ["OvOptions", "OvExecutor", "OvInputError", "openvino_available", "PRECISIONS"]
 
 PRECISIONS = ("f32", "bf16", "f16")
-
-
-class OvInputError(TypeError):
-    """The executor was called with inputs that do not match the model."""
 
 
 def openvino_available() -> bool:
@@ -82,15 +80,6 @@ class OvOptions:
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
         return {**config, **self.config}
-
-
-def _to_numpy(t: Any, name: str) -> np.ndarray:
-    if not isinstance(t, torch.Tensor):
-        raise OvInputError(f"input {name!r} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype == torch.bfloat16:
-        raise OvInputError(f"input {name!r} is bfloat16, which numpy (and so this executor) cannot carry; "
-                           "cast it to float32")
-    return t.detach().cpu().contiguous().numpy()
 
 
 class OvExecutor:
