@@ -198,7 +198,6 @@ class QdqLinear(_QdqBase):
             w = qd.dequantize_per_channel(self.weight_rows, self.weight_scale, self.weight_zero, 0, W_QMIN, W_QMAX,
                                           torch.int8)
             return F.linear(x, w, self.bias)
-            return y if self.bias is None else y + self.bias
         if self.act_scale is None:
             return dynamic_int8_linear(x, self.weight_int8, self.weight_scale, self.weight_zero_int8, self.bias)
         xd = _static_qdq(x, self.act_scale, self.act_zero_point)
