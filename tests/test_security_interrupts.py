@@ -36,9 +36,16 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
 
 
+def _sigint_default() -> None:
+    # A suite started in the background by a non-interactive shell (`nohup ... &`) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the CLI would
+    # rightly keep ignoring it. The test is about a CLI a user can interrupt, so it starts it so.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([AUTOGLM, *argv], cwd=cwd, env=env or _env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
 
 
 def _cli(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
