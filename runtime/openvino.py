@@ -35,17 +35,9 @@ import torch
 # Inputs cross into OpenVINO through numpy exactly as into onnxruntime (same checks, same error).
 from autoglm.runtime.onnxruntime import OrtInputError as OvInputError, _to_numpy
 
-__all__ = ["OvOptions", "OvExecutor", "OvInputError", "openvino_available", "PRECISIONS"]
+__all__ = ["OvOptions", "OvExecutor", "OvInputError", "PRECISIONS"]
 
 PRECISIONS = ("f32", "bf16", "f16")
-
-
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass

@@ -17,35 +17,25 @@ as accurate as our int8 graph, not equal to it.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-import weakref
 from typing import Any
 
 import torch
 
-from autoglm.export.onnx.check import resized_like
-from autoglm.export.onnx.export import ExportOptions, _int8_budget, export_onnx, parity_check, resolve_options
+from autoglm.export.onnx.export import (ExportOptions, _int8_budget, _probe_inputs, export_onnx, exported_executor,
+                                       parity_check, resolve_options)
 from autoglm.runtime.openvino import OvExecutor, OvOptions
 
 __all__ = ["attach_openvino"]
 
 
-def _probe(inputs: list[torch.Tensor], input_names: list[str], axes: dict[str, dict[int, str]],
-           seed: int) -> list[torch.Tensor] | None:
-    """The inputs grown along each named dynamic axis of the file (same-named axes together)."""
-    if not axes:
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    grown: dict[str, int] = {}
-    probe = list(inputs)
-    for i, name in enumerate(input_names):
-        for axis, dim in sorted(axes.get(name, {}).items()):
-            x = probe[i]
-            size = grown.setdefault(dim, x.shape[int(axis)] + (1 if int(axis) == 0 else 3))
-            probe[i] = resized_like(x, int(axis), size, gen)
-    return probe
+def _probe(inputs: list[torch.Tensor], result: Any, opts: ExportOptions) -> list[torch.Tensor] | None:
+    """The onnxruntime check's other-shape inputs (same axes, sizes and seed), for OpenVINO."""
+    groups: dict[str, list[int]] = {}  # the file's axis names are the exporter's groups: "batch", "seq"
+    for i, name in enumerate(result.input_names):
+        for dim in result.dynamic_axes.get(name, {}).values():
+            groups.setdefault(dim, []).append(i)
+    return _probe_inputs(inputs, groups, torch.Generator().manual_seed(opts.seed + 7))
 
 
 def attach_openvino(cm: Any, threads: int | None = None, *, path: str | os.PathLike | None = None,
@@ -60,29 +50,24 @@ def attach_openvino(cm: Any, threads: int | None = None, *, path: str | os.PathL
     ov_opts = OvOptions(threads=threads, **{k: v for k, v in opts.items() if k in ov_fields})
     export_kwargs = {"dynamic_int8_as": "weight_only", **{k: v for k, v in opts.items() if k not in ov_fields}}
     export_opts: ExportOptions = resolve_options(None, export_kwargs)
-    cleanup = None
-    if path is None:
-        cleanup = tempfile.mkdtemp(prefix="autoglm-ov-")
-        path = os.path.join(cleanup, "model.onnx")
-    try:
-        result = export_onnx(cm, path, export_opts)
+    timings: dict[str, float] = {}
+    records: list[Any] = []
+
+    def compile_and_check(result: Any) -> OvExecutor:
         t0 = time.perf_counter()
         executor = OvExecutor(result.path, ov_opts)
-        compile_s = time.perf_counter() - t0
-        inputs = [x.detach().cpu() for x in cm.example_inputs]
-        records = []
+        timings["compile_s"] = time.perf_counter() - t0
         if export_opts.check:
-            probe = _probe(inputs, result.input_names, result.dynamic_axes, export_opts.seed + 7)
-            budget = _int8_budget(cm, export_opts) if result.int8 else None
-            records = parity_check(cm.graph_module, executor, inputs, probe, export_opts, budget, runtime="openvino")
-    except BaseException:
-        if cleanup:
-            shutil.rmtree(cleanup, ignore_errors=True)
-        raise
-    if cleanup:
-        weakref.finalize(executor, shutil.rmtree, cleanup, True)
+            records.extend(parity_check(cm.graph_module, executor, inputs, _probe(inputs, result, export_opts),
+                                        export_opts, _int8_budget(cm, export_opts) if result.int8 else None,
+                                        runtime="openvino"))
+        return executor
+
+    inputs = [x.detach().cpu() for x in cm.example_inputs]
+    executor, result = exported_executor(lambda p: export_onnx(cm, p, export_opts), path, compile_and_check,
+                                         prefix="autoglm-ov-")
     cm.executor = executor
-    cm.notes["openvino"] = {"path": result.path, "threads": threads, "compile_s": compile_s,
+    cm.notes["openvino"] = {"path": result.path, "threads": threads, "compile_s": timings["compile_s"],
                             "precision": ov_opts.precision,
                             "dynamic_quantization_group_size": ov_opts.dynamic_quantization_group_size,
                             "runtime_precisions": executor.runtime_precisions(),

@@ -550,28 +550,36 @@ def _autoglm_version() -> str:
     return __version__
 
 
-def _exported_session(export: Any, threads: int | None, path: str | os.PathLike | None,
-                      opts: dict[str, Any]) -> tuple[OrtExecutor, Any]:
-    """``export(path, **export_options)`` to ``path`` (default: a private temporary directory,
-    removed with the executor) and an onnxruntime session on the file."""
-    ort_fields = set(OrtOptions.__dataclass_fields__) - {"threads"}
-    ort_opts = OrtOptions(threads=threads, **{k: v for k, v in opts.items() if k in ort_fields})
-    export_opts = {k: v for k, v in opts.items() if k not in ort_fields}
+def exported_executor(export: Callable[[str], Any], path: str | os.PathLike | None,
+                      make_executor: Callable[[Any], Any], prefix: str = "autoglm-ort-") -> tuple[Any, Any]:
+    """``export(path)``, then ``make_executor(result)``; returns (executor, result).
+
+    ``path`` None: a private temporary directory, removed when the executor is
+    garbage-collected, or at once when the export or the executor fails.
+    """
     cleanup = None
     if path is None:
-        tmpdir = tempfile.mkdtemp(prefix="autoglm-ort-")
-        path = os.path.join(tmpdir, "model.onnx")
-        cleanup = tmpdir
+        cleanup = tempfile.mkdtemp(prefix=prefix)
+        path = os.path.join(cleanup, "model.onnx")
     try:
-        result = export(path, **export_opts)
+        result = export(str(path))
+        executor = make_executor(result)
     except BaseException:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)
         raise
-    executor = OrtExecutor(result.path, ort_opts)
     if cleanup:
         weakref.finalize(executor, shutil.rmtree, cleanup, True)
     return executor, result
+
+
+def _exported_session(export: Any, threads: int | None, path: str | os.PathLike | None,
+                      opts: dict[str, Any]) -> tuple[OrtExecutor, Any]:
+    """``export(path, **export_options)`` to ``path`` and an onnxruntime session on the file."""
+    ort_fields = set(OrtOptions.__dataclass_fields__) - {"threads"}
+    ort_opts = OrtOptions(threads=threads, **{k: v for k, v in opts.items() if k in ort_fields})
+    export_opts = {k: v for k, v in opts.items() if k not in ort_fields}
+    return exported_executor(lambda p: export(p, **export_opts), path, lambda r: OrtExecutor(r.path, ort_opts))
 
 
 def attach_onnxruntime(cm: Any, threads: int | None = None, *, path: str | os.PathLike | None = None,
