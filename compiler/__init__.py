@@ -15,12 +15,13 @@ from typing import Any
 
 from autoglm._version import __version__
 
-__all__ = ["compile", "load", "CompiledModel", "Compiled", "CaptureError", "SpecError", "GraphPass", "PassContext",
-           "PassResult", "finetune_sparse", "__version__"]
+__all__ = ["compile", "compile_pretrained", "load", "CompiledModel", "Compiled", "CaptureError", "SpecError",
+           "GraphPass", "PassContext", "PassResult", "finetune_sparse", "__version__"]
 
 _EXPORTS = {
     "compile": "autoglm.api.entry",
     "load": "autoglm.api.entry",
+    "compile_pretrained": "autoglm.api.pretrained",
     "CompiledModel": "autoglm.driver.compiled",
     "Compiled": "autoglm.driver.compiled",
     "CaptureError": "autoglm.capture.errors",

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
+from autoglm.cli import hf_compile
 from autoglm.cli.common import CliError, Console, OutputPlan, UsageError, one_line, quote_path
 from autoglm.api.config_file import CompileConfig, apply_overrides, dynamic_from_value, load_config, passes_from_value
 from autoglm.loading.model_files import ExampleInputs, load_example_inputs, load_model
@@ -20,7 +21,9 @@ __all__ = ["add_parser", "add_demo_parser", "run", "run_demo", "compile_to_dir"]
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("compile", parents=parents, help="compile a saved model into an artifact folder",
                        description="Capture MODEL, run a pass pipeline over its graph, and write an artifact.")
-    p.add_argument("model", metavar="MODEL", help=".pt2 (torch.export.save) or a .safetensors/.pt state dict")
+    p.add_argument("model", metavar="MODEL", nargs="?",
+                   help=".pt2 (torch.export.save) or a .safetensors/.pt state dict (or --hf-model DIR instead)")
+    hf_compile.add_flags(p)
     how = p.add_mutually_exclusive_group()
     how.add_argument("--passes", metavar="SPEC", help="pass spec, e.g. 'dce,partition(k=2)'; 'default' or 'none'")
     how.add_argument("--config", metavar="FILE", help="TOML/YAML/JSON config (same pass names and options)")
@@ -117,8 +120,12 @@ def _max_abs_diff(a: Any, b: Any) -> float | None:
 
 
 def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, out: str, report: str | None,
-                   console: Console, source: dict[str, Any]) -> dict[str, Any]:
-    """Compile, check against eager, write artifact (+ report) atomically; return the result record."""
+                   console: Console, source: dict[str, Any], additions: Any = None) -> dict[str, Any]:
+    """Compile, check against eager, write artifact (+ report) atomically; return the result record.
+
+    ``additions`` (``hf_compile.ArtifactAdditions``): ``before_save(cm)`` may refuse the result
+    or add to it and to ``cm.config``; ``after_save(staged_dir)`` writes extra files into the
+    staged artifact, so they land with it or not at all."""
     from autoglm.api.entry import compile as autoglm_compile
 
     pipeline = cfg.build_pipeline()  # bad names/options fail before any work
@@ -139,8 +146,11 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
             diff = _max_abs_diff(cm(*inputs.args, **inputs.kwargs), model(*inputs.args, **inputs.kwargs))
         cm.config["effective_config"] = cfg.effective(pipeline)
         cm.config["source"] = source
+        extra = additions.before_save(cm) if additions is not None else {}
         with console.step(f"writing {quote_path(out)}"):
             cm.save(staged_out)
+            if additions is not None:
+                additions.after_save(staged_out)
         if writer is not None and staged_report is not None:
             with console.step(f"writing report {quote_path(report)}"):
                 writer(cm, staged_report)
@@ -148,7 +158,7 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
         "ok": True, "out": str(Path(out).absolute()), "report": str(Path(report).absolute()) if report else None,
         "frontend": cm.frontend, "devices": cfg.devices or ["cpu"], "nodes": len(cm.graph_module.graph.nodes),
         "passes": [dataclasses.asdict(r) for r in cm.records], "max_abs_diff_vs_eager": diff,
-        "timings": cm.notes.get("timings", {}), "effective_config": cm.config["effective_config"],
+        "timings": cm.notes.get("timings", {}), "effective_config": cm.config["effective_config"], **extra,
     }
     return result
 
@@ -190,7 +200,22 @@ def _inputs_for(args: argparse.Namespace, loaded: Any) -> ExampleInputs:
     raise UsageError(f"--example-inputs FILE is required: {quote_path(args.model)} carries no example inputs")
 
 
+def _run_hf(args: argparse.Namespace, console: Console) -> int:
+    cfg = _config_from_args(args)
+    pipeline = cfg.build_pipeline()  # fail fast on pass names/options, before loading anything
+    pre = hf_compile.load(args, console)
+    source = {"model": str(args.hf_model), "kind": "huggingface", "task": pre.task, "config_file": args.config,
+              "overrides": list(args.sets)}
+    additions = hf_compile.ArtifactAdditions(pre, pipeline, console)
+    result = compile_to_dir(pre.model, ExampleInputs((), pre.example_inputs), cfg, args.out, args.report, console,
+                            source, additions)
+    console.result(hf_compile.human(result, args.hf_model), result)
+    return 0
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
+    if hf_compile.check_flags(args):
+        return _run_hf(args, console)
     cfg = _config_from_args(args)
     cfg.build_pipeline()  # fail fast on pass names/options, before loading anything
     given = load_example_inputs(args.example_inputs) if args.example_inputs else None  # cheap: check first

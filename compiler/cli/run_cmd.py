@@ -1,4 +1,4 @@
-"""``autoglm run DIR --inputs FILE [--output FILE] [--nproc K]``."""
+"""``autoglm run DIR (--inputs FILE | --text "..." ...) [--output FILE] [--nproc K] [--benchmark]``."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
+from autoglm.cli import benchmark, run_text
 from autoglm.cli.common import (CliError, Console, OutputPlan, UsageError, check_inputs_match, load_compiled,
                                 quote_path)
-from autoglm.loading.model_files import load_example_inputs
+from autoglm.loading.model_files import ExampleInputs, load_example_inputs
 
 __all__ = ["add_parser", "run", "save_outputs"]
 
@@ -19,11 +20,14 @@ OUTPUT_SUFFIXES = (".pt", ".npz", ".safetensors")
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", parents=parents, help="run a compiled artifact on inputs",
-                       description="Load an artifact folder and run it on the inputs in FILE.")
+                       description="Load an artifact folder and run it on the inputs in FILE, on sentences "
+                                   "(--text, artifacts compiled with --hf-model), or time it (--benchmark).")
     p.add_argument("artifact", metavar="DIR", help="artifact folder written by autoglm compile --out")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="the artifact may run code: resolve torch.fx.wrap functions by importing them (docs/security.md)")
-    p.add_argument("--inputs", metavar="FILE", required=True, help="inputs as .pt, .npz or .safetensors")
+    p.add_argument("--inputs", metavar="FILE", help="inputs as .pt, .npz or .safetensors")
+    p.add_argument("--text", metavar="TEXT", action="append", default=[],
+                   help="a sentence, tokenized with the artifact's tokenizer (repeatable; --hf-model artifacts)")
     p.add_argument("--output", metavar="FILE", help="save the outputs (.pt, .npz or .safetensors)")
     p.add_argument("--nproc", metavar="K", type=int, default=1,
                    help="run as a K-stage pipeline over torch.distributed (needs a partitioned artifact)")
@@ -32,6 +36,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     # for graphs whose ops do not bake in the batch size.
     p.add_argument("--microbatches", type=int, default=1, help="split dim 0 into this many microbatches "
                    "(--nproc > 1; default 1)")
+    benchmark.add_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -87,16 +92,60 @@ def _run_pipeline(artifact: str, cm: Any, inputs: Any, args: argparse.Namespace)
     return cm.signature.unflatten_outputs(tuple(outputs))
 
 
-def run(args: argparse.Namespace, console: Console) -> int:
+def _check_flags(args: argparse.Namespace) -> None:
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     if args.output and Path(args.output).suffix not in OUTPUT_SUFFIXES:
         raise UsageError(f"--output {quote_path(args.output)}: use one of {', '.join(OUTPUT_SUFFIXES)}")
+    if args.inputs and args.text:
+        raise UsageError("give --inputs FILE or --text, not both")
+    if not args.inputs and not args.text and not args.benchmark:
+        raise UsageError("give --inputs FILE, --text \"...\" (an artifact compiled with --hf-model) or --benchmark "
+                         "(times the artifact on its saved example inputs)")
+    benchmark.check_flags(args)
+
+
+def _call_inputs(args: argparse.Namespace, cm: Any) -> tuple[Any, str]:
+    """``ExampleInputs`` for the call, and where they came from (for messages)."""
+    if args.text:
+        kwargs = run_text.text_inputs(args.artifact, cm, args.text, args.trust_remote_code)
+        return ExampleInputs((), kwargs), f"{len(args.text)} sentence(s) from the artifact's tokenizer"
+    if args.inputs:
+        return load_example_inputs(args.inputs), quote_path(args.inputs)
+    call_args, call_kwargs = benchmark.saved_inputs(cm)
+    return ExampleInputs(call_args, call_kwargs), "the artifact's saved example inputs"
+
+
+def _benchmark(args: argparse.Namespace, cm: Any, inputs: Any, label: str, console: Console) -> dict[str, Any]:
+    with console.step("rebuilding the eager model"):
+        eager, what = benchmark.eager_model(args.artifact, cm, args.trust_remote_code)
+    fns = {"artifact": lambda: cm(*inputs.args, **inputs.kwargs)}
+    if eager is not None:
+        try:
+            with torch.no_grad():
+                eager(*inputs.args, **inputs.kwargs)
+            fns["eager"] = lambda: eager(*inputs.args, **inputs.kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever the rebuilt model raises: time the artifact alone
+            eager, what = None, f"the rebuilt eager model fails on these inputs ({type(exc).__name__}: {exc})"
+    with console.step(f"timing {' and '.join(fns)}: {args.warmup} warm-up + {args.repeats} runs each"):
+        times = benchmark.measure(fns, args.repeats, args.warmup)
+    bench = {"threads": torch.get_num_threads(), "repeats": args.repeats, "warmup": args.warmup,
+             "inputs": f"{label} ({inputs.describe()})", "artifact": times["artifact"], "eager": times.get("eager"),
+             "eager_source": what, "speedup": None}
+    if eager is not None:
+        bench["speedup"] = times["eager"]["median_ms"] / times["artifact"]["median_ms"]
+    return bench
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    _check_flags(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # pinned for the run and both sides of --benchmark
     with OutputPlan() as plan:
         staged = plan.file(args.output, "--output file") if args.output else None
         with console.step(f"loading {quote_path(args.artifact)}"):
             cm = load_compiled(args.artifact, args.trust_remote_code)
-        inputs = load_example_inputs(args.inputs)
+        inputs, label = _call_inputs(args, cm)
         check_inputs_match(cm, inputs.args, inputs.kwargs, args.microbatches if args.nproc > 1 else 1)
         with console.step("running" if args.nproc == 1 else f"running on {args.nproc} pipeline stages"):
             if args.nproc > 1:
@@ -105,11 +154,23 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 with torch.no_grad():
                     outputs = cm(*inputs.args, **inputs.kwargs)
         named = _named_outputs(outputs)
+        bench = _benchmark(args, cm, inputs, label, console) if args.benchmark else None
         if staged is not None:
             save_outputs(outputs, staged)
-    data = {"ok": True, "outputs": {k: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
-                                    for k, t in named.items()},
-            "output_file": str(Path(args.output).absolute()) if args.output else None}
-    text = _summary(named) + (f"\nwrote {quote_path(args.output)}" if args.output else "")
+    data: dict[str, Any] = {"ok": True, "inputs": label,
+                            "outputs": {k: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
+                                        for k, t in named.items()},
+                            "output_file": str(Path(args.output).absolute()) if args.output else None}
+    text = _summary(named)
+    record = run_text.hf_record(cm)
+    emb = run_text.embeddings(named, inputs.kwargs) if args.text and record and \
+        record.get("task") == "feature-extraction" else None
+    if emb is not None:
+        lines, data["embeddings"] = run_text.embedding_lines(args.text, emb)
+        text += "\n" + lines
+    if bench is not None:
+        data["benchmark"] = bench
+        text += "\n" + benchmark.human(bench)
+    text += f"\nwrote {quote_path(args.output)}" if args.output else ""
     console.result(text, data)
     return 0
