@@ -31,6 +31,7 @@ from autoglm.ir.meta import annotation, has_annotation, output_spec
 from autoglm.ir.ops import get_attr_value
 from autoglm.ir.pass_base import GraphPass, NoOptions, PassContext, PassResult
 from autoglm.passes.quantize.buckets import choose_kernel_by_rows, timing_rows
+from autoglm.passes.quantize.keep_partitions import inherit_partition, sync_partition_plan
 
 __all__ = ["QuantizeLower", "lower_qdq", "drop_attr"]
 
@@ -209,6 +210,7 @@ def lower_qdq(gm: fx.GraphModule) -> list[dict[str, Any]]:
         tagged = replaced if has_annotation(replaced) and "int8" in annotation(replaced).tags else node
         tags = dict(annotation(tagged).tags.get("int8", {})) if has_annotation(tagged) else {}
         annotation(new).tags["int8"] = {**tags, **row, "status": "int8"}
+        inherit_partition([new], replaced)
         replaced.replace_all_uses_with(new)
         for d in sorted(set(drop), key=lambda n: -_position(graph, n)):
             if d.op == "get_attr":
@@ -257,4 +259,5 @@ class QuantizeLower(GraphPass):
         rows = lower_qdq(gm)
         if rows:
             ctx.notes.setdefault("quantize", {})["lowered"] = rows
+            sync_partition_plan(gm, ctx.notes)
         return PassResult(gm, bool(rows))

@@ -37,6 +37,7 @@ from autoglm.ir.meta import annotation, has_symbolic_shapes
 from autoglm.ir.metrics import sqnr_db
 from autoglm.ir.pass_base import GraphPass, PassContext, PassResult
 from autoglm.passes.quantize.calibrate import OBSERVERS, Probe, calibration_batches, observed_range
+from autoglm.passes.quantize.keep_partitions import inherit_partition, nodes_between, sync_partition_plan
 from autoglm.passes.quantize.lower import drop_attr, lower_qdq
 from autoglm.passes.quantize.plan import Layer, find_layers, smooth_factors
 
@@ -167,6 +168,7 @@ class Quantize(GraphPass):
             if o.max_error is not None:
                 notes["metric_value_lowered"] = self._check_lowered(gm, batches, reference)
         ctx.notes[self.name] = notes
+        sync_partition_plan(gm, ctx.notes)
         return PassResult(gm, bool(chosen))
 
     # ------------------------------------------------------------ measurement
@@ -282,6 +284,7 @@ class Quantize(GraphPass):
         g, node = gm.graph, layer.node
         q, s = layer.quantized_weight()
         base = _attr_base(layer.name)
+        first = node.prev  # the rewrite inserts between this and node: those inherit node's partition
         with g.inserting_before(node):
             wq = g.get_attr(_register(gm, f"{base}_weight_int8", q))
             ws = g.get_attr(_register(gm, f"{base}_weight_scale", s))
@@ -307,6 +310,7 @@ class Quantize(GraphPass):
         annotation(out).tags["int8"] = {"status": "int8", "layer": layer.name, "kind": layer.kind,
                                         "mode": layer.mode if layer.kind != "embedding" else "weight-only",
                                         "sqnr_db": _round(layer.sqnr_db), "smoothquant": layer.smooth is not None}
+        inherit_partition(nodes_between(first, node), node)
         node.replace_all_uses_with(out)
         g.erase_node(node)
         drop_attr(gm, layer.weight_node)
