@@ -21,7 +21,10 @@ touches, which over-counts some ops):
 - nodes that produce no tensor (``x.shape``, ``getitem`` on a tuple of ints)
   cost one Python operation;
 - a fused submodule (``split_merge``) costs the sum of the nodes it holds, so
-  merging changes how work is grouped, not how much there is.
+  merging changes how work is grouped, not how much there is;
+- an int8 linear/conv module has its multiply-adds counted from its shapes
+  (``int8_flops``: the FLOP counter cannot see int8 kernels), written into its
+  annotation by ``annotate_costs``.
 
 Costs are at the example's shapes. A graph with symbolic shapes (a dynamic batch
 or sequence, ``TensorSpec.symbolic``) is annotated and priced at its hints, the
@@ -40,6 +43,7 @@ from typing import Any, Literal, Sequence
 import torch
 import torch.fx as fx
 
+from autoglm.cost.int8_flops import int8_flops
 from autoglm.ir.meta import annotation, has_annotation, iter_compute_nodes, output_specs
 from autoglm.ir.ops import OpKind, op_kind
 from autoglm.ir.timing import median_seconds
@@ -188,7 +192,10 @@ class CostModel:
         if self.kind == "measured" and example_inputs is not None:
             self.measure(gm, example_inputs)
         for node in gm.graph.nodes:
-            annotation(node).cost_s = self.node_cost(node)
+            ann = annotation(node)
+            if ann.flops == 0:  # the FLOP counter does not see int8 kernels: count their MACs
+                ann.flops = int8_flops(node) or 0
+            ann.cost_s = self.node_cost(node)
 
     def measure(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
         """Time every compute node on its real inputs, reusing cached timings."""
