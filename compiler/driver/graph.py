@@ -28,6 +28,7 @@ from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.ir.pass_base import GraphPass, PassContext
 from autoglm.ir.pass_manager import PassManager, PassRecord
+from autoglm.ir.snapshot import CAPTURED_NOTE, captured_copy
 
 __all__ = ["DriverOptions", "CompiledGraph", "compile_graph", "build_executor", "executor_for_loaded",
            "preserved_buffers"]
@@ -43,6 +44,9 @@ class DriverOptions:
     cost: str = "analytic"
     calibration: Any = None
     measure: bool = False
+    # Keep a copy of the graph as captured (notes["captured"]) for the report's before/after and its
+    # default accuracy/latency check; it shares the weights, see autoglm.ir.snapshot.
+    keep_captured: bool = True
 
     def config(self, **extra: Any) -> dict[str, Any]:
         """The effective configuration an artifact records (built here only)."""
@@ -80,6 +84,8 @@ def compile_graph(gm: fx.GraphModule, flat_inputs: Sequence[Any], options: Drive
     cost.annotate_costs(gm, None if cost.kind == "analytic" else list(flat_inputs))
     t1 = time.perf_counter()
     ctx = PassContext(list(flat_inputs), devices=list(options.devices), cost=cost, calibration=options.calibration)
+    if options.keep_captured:
+        ctx.notes[CAPTURED_NOTE] = captured_copy(gm)  # before the passes rewrite gm in place
     manager = PassManager(options.passes, verify=options.verify)
     gm = manager.run(gm, ctx, reference=reference)
     cost.annotate_costs(gm)
