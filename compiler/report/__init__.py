@@ -1,13 +1,15 @@
 """Self-contained HTML reports with a JSON twin.
 
-    cm.report("build/report.html")        # also writes build/report.json
-    from autoglm.report import write_report, measure_against_eager
-    write_report(cm, "report.html", extra=measure_against_eager(cm, model))
+    cm.report("build/report.html")        # also writes build/report.json; measures vs eager
+    from autoglm.report import write_report
+    write_report(cm, "report.html", model=model)   # against the eager model itself
+    write_report(cm, "report.html", measure=False)  # no runs: facts from the compile only
 
 Modules: ``data`` collects the facts (the JSON twin), ``views`` collapses the
 graph by module path, ``layout`` places boxes (Graphviz ``dot`` or pure
 Python), ``svg`` draws the views, ``charts`` the bar charts, ``html`` the page,
-``measure`` the optional eager comparison. See docs/report.md.
+``measure`` the eager comparison (by default against the graph as captured),
+``reproduce`` the command that rebuilds the artifact. See docs/report.md.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from autoglm.artifacts.atomic import move_into, staging_dir
 from autoglm.report.data import build_report_data
-from autoglm.report.measure import measure_against_eager
+from autoglm.report.measure import measure_against_eager, measure_default
 
 __all__ = ["write_report", "build_report_data", "render_report", "measure_against_eager", "ReportError",
            "json_twin_path"]
@@ -33,15 +35,30 @@ def json_twin_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def render_report(cm: Any, extra: dict[str, Any] | None = None, layout: str = "auto") -> tuple[str, dict[str, Any]]:
-    """The page's HTML text and its data dict, without writing anything."""
+def _with_measurements(cm: Any, extra: dict[str, Any] | None, measure: bool, model: Any) -> dict[str, Any] | None:
+    """``extra`` plus the default accuracy/latency runs, unless the caller measured them already."""
+    if not measure or (extra and "accuracy" in extra and "latency" in extra):
+        return extra
+    measured = measure_default(cm, model)
+    return {**measured, **(extra or {})}  # what the caller passed wins
+
+
+def render_report(cm: Any, extra: dict[str, Any] | None = None, layout: str = "auto", *, measure: bool = False,
+                  model: Any = None) -> tuple[str, dict[str, Any]]:
+    """The page's HTML text and its data dict, without writing anything (``measure``: see write_report)."""
     from autoglm.report.html import render_page
     from autoglm.report.svg import render_views
 
-    data = build_report_data(cm, extra)
+    data = build_report_data(cm, _with_measurements(cm, extra, measure, model))
     svgs, engine = render_views(data, layout)
     data["graph"]["layout_engine"] = engine
-    return render_page(data, svgs, engine), data
+    if data.get("captured"):
+        before, _ = render_views({"nodes": data["captured"]["nodes"], "graph": data["captured"]["graph"]}, layout,
+                                 prefix="cap-")
+        data["captured"]["layout_engine"] = engine
+    else:
+        before = {}
+    return render_page(data, svgs, engine, before), data
 
 
 def _umask() -> int:
@@ -56,13 +73,17 @@ def _write_shared(path: Path, text: str) -> None:
 
 
 def write_report(cm: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None, *,
-                 layout: str = "auto") -> Path:
+                 layout: str = "auto", measure: bool = True, model: Any = None) -> Path:
     """Write ``path`` (HTML) and its JSON twin beside it; returns the HTML path.
 
-    ``extra``: measurements the compiled model cannot take alone, e.g.
-    ``measure_against_eager(cm, model)`` (keys ``latency``, ``accuracy``; any other
-    key is shown under "Other measurements"). ``layout``: ``"auto"`` (Graphviz
-    ``dot`` when installed, else pure Python), ``"dot"`` or ``"python"``.
+    ``measure`` (default True): run the compiled model and eager on the example
+    inputs (a few interleaved repeats) for the accuracy and latency sections;
+    eager is ``model`` when given, else the graph as captured (kept by the
+    compile; an artifact loaded from disk has none and is not measured).
+    ``measure=False`` runs nothing. ``extra``: measurements of your own (keys
+    ``latency``, ``accuracy`` replace the default ones; any other key is shown
+    under "Other measurements"). ``layout``: ``"auto"`` (Graphviz ``dot`` when
+    installed, else pure Python), ``"dot"`` or ``"python"``.
     Both files are written into a staging folder and moved into place together.
     """
     if not hasattr(cm, "graph_module") or not hasattr(cm, "records"):
@@ -74,7 +95,7 @@ def write_report(cm: Any, path: str | os.PathLike, extra: dict[str, Any] | None 
         raise TypeError(f"extra must be a dict of measurements (e.g. from measure_against_eager), got "
                         f"{type(extra).__name__}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    page, data = render_report(cm, extra, layout)
+    page, data = render_report(cm, extra, layout, measure=measure, model=model)
     twin = json_twin_path(target)
     if twin == target:
         raise ReportError(f"report path {target} ends in .json; give an .html path (the JSON twin goes beside it)")

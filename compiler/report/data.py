@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import shlex
 from typing import Any
 
 import torch
 import torch.fx as fx
 
 from autoglm.ir.meta import annotation, has_annotation, output_specs
+from autoglm.ir.snapshot import CAPTURED_NOTE
+from autoglm.report.reproduce import reproduce
 
 __all__ = ["SCHEMA_VERSION", "build_report_data", "jsonable", "node_marks", "MARK_KEYS"]
 
@@ -104,6 +105,14 @@ def _parent(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
+def _replaced_module(node: fx.Node) -> str | None:
+    """The module path an int8 module stands in for (quantize tags it: ``tags["int8"]["layer"]``)."""
+    if node.op != "call_module" or not has_annotation(node):
+        return None
+    layer = (annotation(node).tags.get("int8") or {}).get("layer")
+    return str(layer) if isinstance(layer, str) and "." in layer else None
+
+
 def _module_paths(graph: fx.Graph) -> tuple[dict[str, str], dict[str, str], str]:
     """Each node's module path, the type of every module seen, and the model's class name."""
     types: dict[str, str] = {}
@@ -127,7 +136,12 @@ def _module_paths(graph: fx.Graph) -> tuple[dict[str, str], dict[str, str], str]
     for node in graph.nodes:
         if node.name in paths:
             continue
-        owner = _parent(_strip_wrapper(str(node.target))) if node.op in ("get_attr", "call_module") else None
+        # A dotted target names where the attribute or submodule lives; a top-level name that a pass
+        # made up (``fused_add_layer_norm``, ``int8_model_layers_0_q``) says nothing about where it
+        # belongs, so it follows its inputs like any other new node (it replaced what was there).
+        target = _replaced_module(node) or str(node.target)
+        attr = node.op in ("get_attr", "call_module") and "." in target
+        owner = _parent(_strip_wrapper(target)) if attr else None
         if owner is not None and (no_stacks or owner in types):
             paths[node.name] = owner
             continue
@@ -217,21 +231,6 @@ def partition_stats(nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
             "imbalance": (max(costs) / mean) if mean > 0 else 1.0}
 
 
-def _command(cm: Any, input_desc: str) -> str:
-    cfg = cm.config
-    parts = ["autoglm", "compile", cfg.get("input") or input_desc]
-    if cfg.get("passes"):
-        parts += ["--passes", ",".join(cfg["passes"])]
-    if cfg.get("devices") and cfg["devices"] != ["cpu"]:
-        parts += ["--devices", ",".join(cfg["devices"])]
-    if cfg.get("frontend") and cfg.get("frontend") != "auto":
-        parts += ["--frontend", str(cfg["frontend"])]
-    if cfg.get("backend") and cfg["backend"] != "fx":
-        parts += ["--backend", str(cfg["backend"])]
-    parts += ["--example-inputs", "inputs.pt", "--out", "build/", "--report", "build/report.html"]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 def _stats(cm: Any) -> Any:
     stats = getattr(cm, "stats", None)
     if callable(stats):
@@ -266,6 +265,28 @@ def _versions(cm: Any) -> dict[str, str]:
     return out
 
 
+def _param_bytes(nodes: list[dict[str, Any]]) -> int:
+    return sum(n["param_bytes"] for n in nodes if n["op"] in ("get_attr", "call_module"))
+
+
+def _summary(nodes: list[dict[str, Any]], passes: int) -> dict[str, Any]:
+    return {"nodes": len(nodes), "flops": sum(n["flops"] for n in nodes), "param_bytes": _param_bytes(nodes),
+            "cost_s": sum(float(n["cost_s"]) for n in nodes if isinstance(n["cost_s"], (int, float))),
+            "passes": passes}
+
+
+def _captured(cm: Any) -> dict[str, Any] | None:
+    """The graph as captured (before any pass), when the compile kept it: its nodes, views, summary."""
+    from autoglm.report.views import build_views
+
+    snap = cm.notes.get(CAPTURED_NOTE)
+    gm = getattr(snap, "graph_module", None)
+    if gm is None:
+        return None
+    nodes, _, module_types = _nodes(gm)
+    return {"summary": _summary(nodes, 0), "nodes": nodes, "graph": build_views(nodes, module_types)}
+
+
 def build_report_data(cm: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every fact the report shows, as one JSON-able dict (written as the JSON twin)."""
     from autoglm.report.views import build_views
@@ -274,7 +295,7 @@ def build_report_data(cm: Any, extra: dict[str, Any] | None = None) -> dict[str,
     model_class = model_class or cm.config.get("model_class", "")
     inputs = [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in cm.example_inputs]
     input_desc = cm.config.get("input") or (f"{model_class} (live nn.Module)" if model_class else "(not recorded)")
-    notes = {k: v for k, v in cm.notes.items() if k not in ("timings", "frontend_reasons")}
+    notes = {k: v for k, v in cm.notes.items() if k not in ("timings", "frontend_reasons", CAPTURED_NOTE)}
     plan = getattr(cm, "plan", None)
     provenance: dict[str, int] = {}
     for n in nodes:
@@ -286,15 +307,11 @@ def build_report_data(cm: Any, extra: dict[str, Any] | None = None) -> dict[str,
             "input": input_desc, "model_class": model_class, "frontend": cm.frontend,
             "frontend_reasons": jsonable(cm.notes.get("frontend_reasons", {})),
             "example_inputs": inputs, "versions": _versions(cm), "config": jsonable(cm.config),
-            "command": _command(cm, "model.pt2"), "timings": jsonable(cm.notes.get("timings", {})),
+            "reproduce": reproduce(cm.config), "command": reproduce(cm.config)["command"],
+            "timings": jsonable(cm.notes.get("timings", {})),
             "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         },
-        "summary": {
-            "nodes": len(nodes), "flops": sum(n["flops"] for n in nodes),
-            "param_bytes": sum(n["param_bytes"] for n in nodes if n["op"] in ("get_attr", "call_module")),
-            "cost_s": sum(float(n["cost_s"]) for n in nodes if isinstance(n["cost_s"], (int, float))),
-            "passes": len(cm.records),
-        },
+        "summary": _summary(nodes, len(cm.records)),
         "passes": _records(cm),
         "provenance": provenance,
         "nodes": nodes,
@@ -307,4 +324,5 @@ def build_report_data(cm: Any, extra: dict[str, Any] | None = None) -> dict[str,
         "extra": extra,
     }
     data["graph"] = build_views(nodes, module_types)
+    data["captured"] = _captured(cm)
     return data

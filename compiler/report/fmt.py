@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 __all__ = ["esc", "fmt_bytes", "fmt_flops", "fmt_seconds", "fmt_value", "partition_colour", "PALETTE"]
@@ -59,24 +60,60 @@ def fmt_seconds(s: Any) -> str:
     return f"{s:.3g} s"
 
 
+def _plain_number(value: float) -> str:
+    """A float a reader can read: never scientific notation (1.2e+04 reads as noise in a table)."""
+    if value == 0 or not math.isfinite(value):
+        return str(value) if not math.isfinite(value) else "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 1:
+        return f"{value:.4g}"
+    digits = max(4, 3 - math.floor(math.log10(magnitude)))  # three significant digits below 1
+    return f"{value:.{digits}f}".rstrip("0").rstrip(".")
+
+
+# Note keys whose numbers are times although their names carry no unit (quantize's per-row-count
+# kernel timings are microseconds).
+_UNIT_OF_KEY = {"timed_at_rows": "_us"}
+
+
+def _time_unit(key: str) -> float | None:
+    """Seconds per unit a key's name says its numbers are in (``wall_s``, ``timings_us``, ``latency_ms``)."""
+    k = key.lower()
+    head = k.split(".")[0]
+    k = head + _UNIT_OF_KEY.get(head, "") + k[len(head):]
+    for suffix, scale in (("_us", 1e-6), ("_ms", 1e-3), ("_ns", 1e-9), ("_s", 1.0), ("seconds", 1.0)):
+        if k.endswith(suffix) or f"{suffix}." in k:
+            return scale
+    return None
+
+
 def fmt_value(key: str, value: Any) -> str:
-    """Format by what the key says the number is (``*_s`` seconds, ``*bytes*``, ``flops``)."""
+    """Format by what the key says the number is (``*_s``/``*_us``/``*_ms`` times, ``*bytes*``, ``flops``).
+
+    ``key`` may be a dotted path (``timings_us.fbgemm``): the unit of the outer key holds for what
+    is inside it. Nested dicts and lists are written out with their numbers formatted the same way.
+    """
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     if isinstance(value, (int, float)):
         k = key.lower()
-        if k.endswith("_s") or k.endswith("seconds"):
-            return fmt_seconds(value)
+        scale = _time_unit(k)
+        if scale is not None:
+            return fmt_seconds(value * scale)
         if "bytes" in k:
             return fmt_bytes(value)
         if "flops" in k:
             return fmt_flops(value)
         if isinstance(value, float):
-            return f"{value:.4g}"
+            return _plain_number(value)
         return f"{value:,}"
-    if isinstance(value, (list, dict)):
-        import json
-
-        text = json.dumps(value)
-        return text if len(text) <= 120 else text[:117] + "..."
-    return str(value)
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}: {fmt_value(f'{key}.{k}', v)}" for k, v in value.items())
+        text = "{" + text + "}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(fmt_value(key, v) for v in value) + "]"
+    else:
+        return str(value)
+    return text if len(text) <= 160 else text[:157] + "..."

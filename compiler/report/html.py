@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from autoglm.report.charts import bar_chart
 from autoglm.report.fmt import PALETTE, esc, fmt_bytes, fmt_flops, fmt_seconds, fmt_value, partition_colour
+from autoglm.report.script import NAVIGATE_JS
 from autoglm.report.svg import MARK_BADGES, dom_id
 
 __all__ = ["render_page"]
@@ -32,8 +33,12 @@ code,pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace}pre{background:#f7
 .card b{display:block;font-size:18px}.muted{color:#777}
 .legend span{display:inline-block;margin-right:14px}.swatch{display:inline-block;width:12px;height:12px;
 border:1px solid #333;vertical-align:middle;margin-right:4px;opacity:.6}
-section.view{border:1px solid #ccc;border-radius:6px;margin:10px 0;padding:6px;overflow:auto;max-height:900px}
-section.view>header{font-weight:600;margin-bottom:4px}section.view>header button{margin-left:10px}
+section.view{border:1px solid #ccc;border-radius:6px;margin:10px 0;padding:6px}
+section.view>header{font-weight:600;margin-bottom:4px}section.view>header button{margin-left:6px;font-weight:400}
+.viewport{overflow:hidden;border:1px solid #eee;background:#fcfcfc;touch-action:none;cursor:grab}
+.viewport svg.graph{display:block}svg.graph.panning{cursor:grabbing}
+#graph-columns.compare{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:12px}
+#graph-columns h3{margin:4px 0}.delta{color:#555;font-size:12px}
 svg.graph text{font:11px system-ui,sans-serif;text-anchor:middle;fill:#111;pointer-events:none}
 svg.graph text.sub{font-size:9.5px;fill:#333}svg.graph text.badge{font-size:8.5px;fill:#fff;font-weight:700}
 svg.graph .node>rect:first-of-type{fill-opacity:.45;stroke:#333;stroke-width:1}
@@ -50,57 +55,6 @@ svg.chart text{font:12px system-ui,sans-serif}svg.chart .bar-label{text-anchor:e
 svg.chart .chart-title{font-weight:600}
 details>summary{cursor:pointer;margin:6px 0}
 """
-
-_JS = """
-(function(){
-  'use strict';
-  function views(){return document.querySelectorAll('section.view');}
-  function setOpen(gid, open){
-    var sec=document.getElementById('view-'+gid); if(!sec) return;
-    sec.hidden=!open;
-    var box=document.getElementById(gid);
-    if(box){box.classList.toggle('open',open);box.setAttribute('aria-expanded',open?'true':'false');}
-    if(!open){ // closing a group closes what was opened inside it
-      sec.querySelectorAll('g.group.open').forEach(function(g){setOpen(g.getAttribute('data-group'),false);});
-    }
-  }
-  function openChain(sec){
-    while(sec && sec.dataset.parent){
-      setOpen(sec.id.slice(5),true);
-      sec=document.getElementById('view-'+sec.dataset.parent);
-    }
-  }
-  function toggle(gid){
-    var sec=document.getElementById('view-'+gid); if(!sec) return;
-    setOpen(gid, sec.hidden);
-    if(!sec.hidden) sec.scrollIntoView({block:'nearest'});
-  }
-  document.addEventListener('click',function(ev){
-    var t=ev.target;
-    var g=t.closest&&t.closest('g.group'); if(g){toggle(g.getAttribute('data-group'));return;}
-    var act=t.getAttribute&&t.getAttribute('data-action');
-    if(act==='close'){setOpen(t.getAttribute('data-view'),false);}
-    if(act==='expand-all'){views().forEach(function(s){if(s.dataset.parent)setOpen(s.id.slice(5),true);});}
-    if(act==='collapse-all'){views().forEach(function(s){if(s.dataset.parent)setOpen(s.id.slice(5),false);});}
-  });
-  document.addEventListener('keydown',function(ev){
-    var g=ev.target.closest&&ev.target.closest('g.group');
-    if(g&&(ev.key==='Enter'||ev.key===' ')){ev.preventDefault();toggle(g.getAttribute('data-group'));}
-  });
-  var find=document.getElementById('find-node');
-  if(find){find.addEventListener('change',function(){
-    document.querySelectorAll('g.node.hit').forEach(function(n){n.classList.remove('hit');});
-    var el=document.getElementById('n-'+find.value.trim());
-    if(!el){find.setCustomValidity('no node named '+find.value);find.reportValidity();return;}
-    find.setCustomValidity('');
-    openChain(el.closest('section.view'));el.classList.add('hit');el.scrollIntoView({block:'center'});
-  });}
-  document.body.setAttribute('data-graph-elements',
-    String(document.querySelectorAll('svg.graph g.node').length));
-  document.body.setAttribute('data-ready','1');
-})();
-"""
-
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, css: str = "") -> str:
     if not rows:
@@ -180,6 +134,27 @@ def _generic(value: Any, charts: bool = True) -> str:
     return f"<pre>{esc(json.dumps(value, indent=2))}</pre>"
 
 
+def _was(now: Any, before: Any, fmt: Any) -> str:
+    """``22 MiB (was 87 MiB)`` when the graph as captured differs, else just the value."""
+    return fmt(now) if before is None or before == now else f"{fmt(now)} (was {fmt(before)})"
+
+
+def _speed(data: dict[str, Any]) -> str | None:
+    lat = data.get("latency")
+    speedup = lat.get("speedup_vs_eager") if isinstance(lat, dict) else None
+    return f"{speedup:.2f}x eager" if isinstance(speedup, (int, float)) else None
+
+
+def _reproduce(h: dict[str, Any]) -> str:
+    rep = h.get("reproduce") or {"command": h.get("command", ""), "config_file": None, "kind": "cli"}
+    what = "Python" if rep.get("kind") == "python" else "shell"
+    out = f'<h3>Reproduce ({what})</h3><pre id="command">{esc(rep["command"])}</pre>'
+    if rep.get("config_file"):
+        out += (f'<p class="muted">with <code>autoglm-config.json</code> holding the effective config:</p>'
+                f'<pre id="effective-config">{esc(json.dumps(rep["config_file"], indent=2))}</pre>')
+    return out
+
+
 def _header(data: dict[str, Any]) -> str:
     h = data["header"]
     inputs = ", ".join(f"{'x'.join(map(str, i['shape']))} {i['dtype']}" for i in h["example_inputs"]) or "-"
@@ -192,16 +167,21 @@ def _header(data: dict[str, Any]) -> str:
     if timing:
         rows.append(("compile time", timing))
     s = data["summary"]
-    cards = [("nodes", f"{s['nodes']:,}"), ("FLOPs", fmt_flops(s["flops"])),
-             ("parameters", fmt_bytes(s["param_bytes"])),
-             ("est. cost", fmt_seconds(s["cost_s"])), ("passes", str(s["passes"]))]
+    was = (data.get("captured") or {}).get("summary") or {}
+    cards = [("nodes", _was(s["nodes"], was.get("nodes"), lambda v: f"{v:,}")),
+             ("FLOPs", fmt_flops(s["flops"])),
+             ("parameters", _was(s["param_bytes"], was.get("param_bytes"), fmt_bytes)),
+             ("est. cost", _was(s["cost_s"], was.get("cost_s"), fmt_seconds)), ("passes", str(s["passes"]))]
+    speed = _speed(data)
+    if speed:
+        cards.append(("measured speed", speed))
     if data["partitions"]:
         cards.append(("partitions", str(len(data["partitions"]["rows"]))))
     card_html = "".join(f'<div class="card"><b>{esc(v)}</b>{esc(k)}</div>' for k, v in cards)
     return (f"<h1>autoglm report: {esc(h['model_class'] or h['input'])}</h1>{_kv(rows)}"
-            f"<h3>Reproduce</h3><pre id=\"command\">{esc(h['command'])}</pre>"
-            f"<details><summary>Effective config</summary><pre>{esc(json.dumps(h['config'], indent=2))}</pre>"
-            f"</details><div class=\"cards\">{card_html}</div>")
+            f"<div class=\"cards\" id=\"cards\">{card_html}</div>{_reproduce(h)}"
+            f"<details><summary>Compile config</summary><pre>{esc(json.dumps(h['config'], indent=2))}</pre>"
+            f"</details>")
 
 
 _PASS_COLUMNS = ["name", "spec", "exact", "wall_s", "nodes_before", "nodes_after", "modified", "created", "removed",
@@ -227,28 +207,54 @@ def _legend(data: dict[str, Any], engine: str) -> str:
             f'<span class="muted">layout: {esc(engine)}</span></p>')
 
 
-def _graph(data: dict[str, Any], svgs: dict[str, str], engine: str) -> str:
-    groups = {g["id"]: g for g in data["graph"]["groups"]}
+def _zoom_buttons(svg_id: str) -> str:
+    return "".join(f'<button data-action="{a}" data-svg="{svg_id}" title="{t}">{L}</button>'
+                   for a, L, t in (("zoom-in", "+", "zoom in (or mouse wheel)"), ("zoom-out", "−", "zoom out"),
+                                   ("fit", "fit", "fit to width")))
+
+
+def _views(graph: dict[str, Any], svgs: dict[str, str], prefix: str, top: str) -> str:
+    """One ``section.view`` per view; group views start hidden and open from their group's box."""
+    groups = {g["id"]: g for g in graph["groups"]}
     sections = []
-    for view in data["graph"]["views"]:
-        vid = dom_id(view["id"])
+    for view in graph["views"]:
+        vid = prefix + dom_id(view["id"])
+        svg_id = f"svg-{vid}"
         if view["id"] == "root":
-            head, attrs = "model (top level; click a ▸ box to open its module)", ""
+            head, attrs = esc(top), ""
         else:
             g = groups[view["id"]]
-            head = f"{g['path']} {g['type']} · {g['node_count']} nodes"
-            attrs = f' data-parent="{dom_id(g["parent"])}" hidden'
-            head = (f'{esc(head)}<button data-action="close" data-view="{vid}">close</button>')
-        if view["id"] == "root":
-            head = esc(head)
-        sections.append(f'<section class="view" id="view-{vid}"{attrs}><header>{head}</header>{svgs[view["id"]]}'
-                        f"</section>")
+            head = (f'{esc(g["path"])} {esc(g["type"])} · {g["node_count"]} nodes'
+                    f'<button data-action="close" data-view="{vid}">close</button>')
+            attrs = f' data-parent="{prefix}{dom_id(g["parent"])}" hidden'
+        sections.append(f'<section class="view" id="view-{vid}"{attrs}><header>{head}{_zoom_buttons(svg_id)}'
+                        f'</header><div class="viewport">{svgs[view["id"]]}</div></section>')
+    return "".join(sections)
+
+
+def _graph(data: dict[str, Any], svgs: dict[str, str], engine: str, before: dict[str, str]) -> str:
+    after = _views(data["graph"], svgs, "", "after passes: model (top level; click a ▸ box to open it)")
     tools = ('<p><button data-action="expand-all">expand all</button> '
              '<button data-action="collapse-all">collapse all</button> '
-             '<label>find node <input id="find-node" list="node-names" placeholder="node name"></label></p>')
+             '<label>find node <input id="find-node" list="node-names" placeholder="node name"></label> '
+             '<span class="muted">mouse wheel: zoom · drag: pan · click a ▸ box: open/close it</span></p>')
     names = "".join(f'<option value="{esc(n["id"])}">' for n in data["nodes"])
+    captured = data.get("captured")
+    if captured and before:
+        cs, ss = captured["summary"], data["summary"]
+        delta = (f'<p class="delta">{cs["nodes"]:,} → {ss["nodes"]:,} nodes · parameters '
+                 f'{fmt_bytes(cs["param_bytes"])} → {fmt_bytes(ss["param_bytes"])} · est. cost '
+                 f'{fmt_seconds(cs["cost_s"])} → {fmt_seconds(ss["cost_s"])}</p>')
+        left = _views(captured["graph"], before, "cap-", "as captured: model (before any pass)")
+        tools += ('<p><button data-action="compare" aria-pressed="true">before/after side by side</button> '
+                  f'<button data-action="expand-all" data-scope="captured-views">expand all (captured)</button>'
+                  f'</p>{delta}')
+        columns = (f'<div id="graph-columns" class="compare"><div id="captured-views"><h3>As captured</h3>{left}'
+                   f'</div><div id="graph-views"><h3>After passes</h3>{after}</div></div>')
+    else:
+        columns = f'<div id="graph-columns"><div id="graph-views">{after}</div></div>'
     return (f'<h2 id="graph">Graph</h2>{_legend(data, engine)}{tools}<datalist id="node-names">{names}</datalist>'
-            f'<div id="graph-views">{"".join(sections)}</div>')
+            f'{columns}')
 
 
 def _partitions(data: dict[str, Any]) -> str:
@@ -260,7 +266,11 @@ def _partitions(data: dict[str, Any]) -> str:
                       [partition_colour(r["partition"]) for r in p["rows"]], title="estimated cost per partition")
     summary = _kv([("cut bytes (sent between partitions)", p["cut_bytes"]),
                    ("imbalance (max cost / mean cost)", round(p["imbalance"], 4))])
-    plan = (f"<h3>Partition plan</h3>{_generic(data['plan'])}" if data.get("plan") else "")
+    later = [r.get("name") for r in data["passes"] if r.get("modified")]
+    later = later[later.index("partition") + 1:] if "partition" in later else []
+    stale = (f'<p class="muted">The plan\'s per-partition costs were estimated when the partition pass ran, '
+             f'before {esc(", ".join(later))}; the table above is the final graph\'s.</p>' if later else "")
+    plan = (f"<h3>Partition plan</h3>{stale}{_generic(data['plan'])}" if data.get("plan") else "")
     pass_notes = {k: v for k, v in (data["notes"].get("partition") or {}).items() if k != "plan"}
     if pass_notes:
         plan += f"<h3>Partition pass notes</h3>{_generic(pass_notes)}"
@@ -274,6 +284,30 @@ def _branches(data: dict[str, Any]) -> str:
     return f'<h2 id="branches">Branch map</h2>{_generic(b)}'
 
 
+# Pass notes drawn in a section of their own rather than under "Accuracy".
+_OWN_SECTION = ("quantize",)
+_NOT_MEASURED = ("Not measured: this report was written with measure=False, or from an artifact loaded from "
+                 "disk (it has no graph as captured to compare with). write_report(cm, path, model=model) "
+                 "measures against the eager model.")
+
+
+def _quantization(data: dict[str, Any]) -> str:
+    q = data["notes"].get("quantize")
+    if not isinstance(q, dict):
+        return '<h2 id="quantization">Quantization</h2><p class="muted">No quantize pass ran.</p>'
+    summary = _kv([(k, v) for k, v in q.items() if _tabular(v) is None])
+    layers = [r for r in (q.get("layers") or []) if isinstance(r, dict)]
+    sqnr = [(str(r.get("layer")), r["sqnr_db"]) for r in layers if isinstance(r.get("sqnr_db"), (int, float))]
+    chart = bar_chart(sqnr[:120], lambda v: f"{v:.1f} dB", title="SQNR per layer, int8 vs fp32 (dB, higher is "
+                      "better)") if sqnr else ""
+    tables = ""
+    for key, title in (("layers", "Layers"), ("lowered", "Kernels (timed on this machine)")):
+        rows = _tabular(q.get(key))
+        if rows:
+            tables += f"<details><summary>{title} ({len(rows)})</summary>{_table(rows)}</details>"
+    return f'<h2 id="quantization">Quantization</h2>{summary}{chart}{tables}'
+
+
 def _accuracy(data: dict[str, Any]) -> str:
     parts = []
     if data.get("accuracy"):
@@ -285,18 +319,20 @@ def _accuracy(data: dict[str, Any]) -> str:
         parts.append(f"<h3>Per pass (compile-time check against the graph before the pass)</h3>{_table(verified)}")
     lossy = [r.get("name") for r in data["passes"] if r.get("exact") is False]
     for name in lossy:
-        if name in data["notes"]:
+        if name in data["notes"] and name not in _OWN_SECTION:
             parts.append(f"<h3>{esc(name)}</h3>{_generic(data['notes'][name])}")
-    body = "".join(parts) or ('<p class="muted">Not measured. Pass extra=autoglm.report.measure_against_eager(cm, '
-                              'model) or compile with verify=True.</p>')
+    if "quantize" in data["notes"]:
+        parts.append('<p>Per-layer SQNR of the int8 layers: <a href="#quantization">quantization</a>.</p>')
+    body = "".join(parts) or f'<p class="muted">{_NOT_MEASURED}</p>'
     return f'<h2 id="accuracy">Accuracy</h2>{body}'
 
 
 def _latency(data: dict[str, Any]) -> str:
     lat = data.get("latency")
     if not lat:
-        return ('<h2 id="latency">Latency</h2><p class="muted">Not measured (needs the eager model: '
-                'extra=autoglm.report.measure_against_eager(cm, model)).</p>')
+        error = (data.get("extra") or {}).get("measurement_error")
+        why = f"Measuring failed: {esc(error)}" if error else _NOT_MEASURED
+        return f'<h2 id="latency">Latency</h2><p class="muted">{why}</p>'
     rows = _tabular(lat.get("rows") if isinstance(lat, dict) and "rows" in lat else lat)
     if rows is None and isinstance(lat, dict):
         rows = [{"variant": k, "median_s": v} for k, v in lat.items() if isinstance(v, (int, float))]
@@ -318,17 +354,25 @@ def _node_table(data: dict[str, Any]) -> str:
             f'{_table(rows, _NODE_COLUMNS, css="nodes")}</details>')
 
 
-def render_page(data: dict[str, Any], svgs: dict[str, str], engine: str) -> str:
+def _panel(name: str, html: str) -> str:
+    """A top-level section (``#sec-NAME``): one screenshot or one check can address it alone."""
+    return f'<section class="panel" id="sec-{name}">{html}</section>' if html else ""
+
+
+def render_page(data: dict[str, Any], svgs: dict[str, str], engine: str, before: dict[str, str] | None = None) -> str:
+    """The page; ``before``: SVGs of the graph as captured (``data["captured"]``), drawn beside the graph."""
     title = esc(f"autoglm report: {data['header']['model_class'] or data['header']['input']}")
     notes = {k: v for k, v in data["notes"].items() if k not in ("partition",)}
     notes_html = (f'<h2 id="notes">Pass notes</h2><details><summary>{len(notes)} entries</summary>'
                   f'{_generic(notes, charts=False)}</details>') if notes else ""
     extra_html = f'<h2 id="extra">Other measurements</h2>{_generic(data["extra"])}' if data.get("extra") else ""
-    nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in [("passes", "passes"), ("graph", "graph"),
-                     ("partitions", "partitions"), ("branches", "branches"), ("accuracy", "accuracy"),
-                     ("latency", "latency"), ("nodes", "nodes")])
-    body = "".join([_header(data), f"<p>{nav}</p>", _passes(data), _graph(data, svgs, engine), _partitions(data),
-                    _branches(data), _accuracy(data), _latency(data), extra_html, notes_html, _node_table(data)])
+    nav = " · ".join(f'<a href="#{a}">{a}</a>' for a in ("passes", "graph", "partitions", "quantization",
+                                                         "branches", "accuracy", "latency", "nodes"))
+    panels = [("overview", _header(data) + f"<p>{nav}</p>"), ("passes", _passes(data)),
+              ("graph", _graph(data, svgs, engine, before or {})), ("partitions", _partitions(data)),
+              ("quantization", _quantization(data)), ("branches", _branches(data)), ("accuracy", _accuracy(data)),
+              ("latency", _latency(data)), ("extra", extra_html), ("notes", notes_html), ("nodes", _node_table(data))]
+    body = "".join(_panel(name, html) for name, html in panels)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<style>{_CSS}</style></head><body>{body}<script>{_JS}</script></body></html>")
+            f"<style>{_CSS}</style></head><body>{body}<script>{NAVIGATE_JS}</script></body></html>")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autoglm.report.fmt import esc, fmt_bytes, fmt_flops, fmt_seconds, partition_colour
+from autoglm.report.fmt import esc, fmt_bytes, fmt_flops, fmt_seconds, fmt_value, partition_colour
 from autoglm.report.layout import LayoutItem, layout_many
 
 __all__ = ["render_views", "dom_id", "MARK_BADGES"]
@@ -62,7 +62,7 @@ def _node_title(n: dict[str, Any]) -> str:
                                                     if n["latency_s"] is not None else ""),
              f"partition: {'-' if n['partition'] is None else n['partition']}", f"created by: {n['created_by']}"]
     if n["tags"]:
-        tags = ", ".join(f"{k}={v}" for k, v in n["tags"].items())
+        tags = ", ".join(f"{k}={fmt_value(k, v)}" for k, v in n["tags"].items())
         lines.append(f"tags: {tags[:300]}")
     return "\n".join(lines)
 
@@ -70,7 +70,8 @@ def _node_title(n: dict[str, Any]) -> str:
 def _group_title(g: dict[str, Any]) -> str:
     parts = ", ".join(f"p{p}: {c}" for p, c in sorted(g["partitions"].items())) or "-"
     lines = [f"{g['path'] or 'model'}  {g['type']}".rstrip(), f"{g['node_count']} nodes (click to open)",
-             f"FLOPs: {fmt_flops(g['flops'])}", f"params: {fmt_bytes(g['param_bytes'])}",
+             f"FLOPs: {fmt_flops(g['flops'])}", f"bytes read+written: {fmt_bytes(g.get('bytes', 0))}",
+             f"params: {fmt_bytes(g['param_bytes'])}",
              f"cost: {fmt_seconds(g['cost_s'])}", f"partitions: {parts}"]
     if g["marks"]:
         lines.append("marks: " + ", ".join(f"{m} x{c}" for m, c in g["marks"].items()))
@@ -84,11 +85,17 @@ def _size(lines: tuple[str, str], height: float) -> tuple[float, float]:
 
 
 def _group_label(g: dict[str, Any]) -> tuple[str, str]:
-    return _short(f"▸ {g['label']}"), _short(f"{g['node_count']} nodes · {fmt_flops(g['flops'])}FLOP")
+    """Name, then size: FLOPs where the group computes, else the bytes it moves (views, copies)."""
+    work = f"{fmt_flops(g['flops'])} FLOPs" if g["flops"] else f"{fmt_bytes(g.get('bytes', 0))} moved"
+    return _short(f"▸ {g['label']}"), _short(f"{g['node_count']} nodes · {work}")
 
 
-def render_views(data: dict[str, Any], engine: str = "auto") -> tuple[dict[str, str], str]:
-    """SVG text for every view in ``data["graph"]`` and the layout engine that ran."""
+def render_views(data: dict[str, Any], engine: str = "auto", prefix: str = "") -> tuple[dict[str, str], str]:
+    """SVG text for every view in ``data["graph"]`` and the layout engine that ran.
+
+    ``prefix`` starts every DOM id, so a second drawing on the page (the graph as
+    captured, beside the compiled one) has ids of its own.
+    """
     nodes = {f"n:{n['id']}": n for n in data["nodes"]}
     groups = {g["id"]: g for g in data["graph"]["groups"]}
     labels: dict[str, tuple[str, str]] = {}
@@ -104,17 +111,20 @@ def render_views(data: dict[str, Any], engine: str = "auto") -> tuple[dict[str, 
                 items.append(LayoutItem(item, *_size(labels[item], NODE_H)))
         edges = [(e["src"], e["dst"]) for e in view["edges"]]
         in_ports: list[LayoutItem] = []  # first: the Python layout orients edges by item order
+        ports: set[str] = set()  # per view: a value entering two groups is a port in both views
         for port in view.get("inputs", []):
             pid = f"in:{port['node']}"
-            if pid not in labels:
-                labels[pid] = (_short(f"← {port['node']}"), "")
+            labels[pid] = (_short(f"← {port['node']}"), "")
+            if pid not in ports:
+                ports.add(pid)
                 in_ports.append(LayoutItem(pid, *_size(labels[pid], PORT_H)))
             edges.append((pid, port["dst"]))
         items = in_ports + items
         for port in view.get("outputs", []):
             pid = f"out:{port['node']}"
-            if pid not in labels:
-                labels[pid] = (_short(f"→ {port['node']}"), "")
+            labels[pid] = (_short(f"→ {port['node']}"), "")
+            if pid not in ports:
+                ports.add(pid)
                 items.append(LayoutItem(pid, *_size(labels[pid], PORT_H)))
             edges.append((port["src"], pid))
         jobs.append((items, edges))
@@ -122,7 +132,7 @@ def render_views(data: dict[str, Any], engine: str = "auto") -> tuple[dict[str, 
     max_bytes = max((e["bytes"] for v in data["graph"]["views"] for e in v["edges"]), default=1) or 1
     out = {}
     for view, layout in zip(data["graph"]["views"], layouts):
-        out[view["id"]] = _render_one(view, layout, nodes, groups, labels, max_bytes)
+        out[view["id"]] = _render_one(view, layout, nodes, groups, labels, max_bytes, prefix)
     return out, (layouts[0]["engine"] if layouts else "python")
 
 
@@ -140,12 +150,12 @@ def _path(points: list[list[float]], curve: bool) -> str:
     return f"{head} {rest}"
 
 
-def _fill(item: str, partitions: dict[str, int], defs: list[str]) -> str:
+def _fill(item: str, partitions: dict[str, int], defs: list[str], prefix: str = "") -> str:
     if len(partitions) <= 1:
         key = next(iter(partitions), None)
         return partition_colour(key)
     total = sum(partitions.values())
-    gid = f"mix-{dom_id(item)}"
+    gid = f"{prefix}mix-{dom_id(item)}"
     stops, acc = [], 0.0
     for p, count in sorted(partitions.items(), key=lambda kv: int(kv[0])):
         colour = partition_colour(p)
@@ -157,8 +167,9 @@ def _fill(item: str, partitions: dict[str, int], defs: list[str]) -> str:
 
 
 def _render_one(view: dict[str, Any], layout: dict[str, Any], nodes: dict[str, dict[str, Any]],
-                groups: dict[str, dict[str, Any]], labels: dict[str, tuple[str, str]], max_bytes: int) -> str:
-    vid = dom_id(view["id"])
+                groups: dict[str, dict[str, Any]], labels: dict[str, tuple[str, str]], max_bytes: int,
+                prefix: str = "") -> str:
+    vid = prefix + dom_id(view["id"])
     width, height = max(layout["width"], 80.0), max(layout["height"], 40.0)
     defs = [f'<marker id="arrow-{vid}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" '
             f'markerWidth="8" markerHeight="8" orient="auto-start-reverse">'
@@ -194,9 +205,10 @@ def _render_one(view: dict[str, Any], layout: dict[str, Any], nodes: dict[str, d
         line1, line2 = labels[item]
         if item in groups:
             g = groups[item]
-            fill = _fill(item, g["partitions"], defs)
+            fill = _fill(item, g["partitions"], defs, prefix)
             marks = list(g["marks"])
-            attrs = (f'class="node group" id="{dom_id(item)}" data-group="{dom_id(item)}" tabindex="0" '
+            gid = prefix + dom_id(item)
+            attrs = (f'class="node group" id="{gid}" data-group="{gid}" tabindex="0" '
                      f'role="button" aria-expanded="false"')
             title, created = _group_title(g), bool(g["created_by"])
             shape = f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="7" fill="{fill}"/>'
@@ -206,7 +218,7 @@ def _render_one(view: dict[str, Any], layout: dict[str, Any], nodes: dict[str, d
             n = nodes[item]
             fill = partition_colour(n["partition"])
             marks = n["marks"]
-            attrs = f'class="node op-{esc(n["op"])}" id="{dom_id(item)}" data-node="{esc(n["id"])}"'
+            attrs = f'class="node op-{esc(n["op"])}" id="{prefix}{esc(dom_id(item))}" data-node="{esc(n["id"])}"'
             title, created = _node_title(n), n["created_by"] != "capture"
             shape = f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="3" fill="{fill}"/>'
         if created:
@@ -218,6 +230,7 @@ def _render_one(view: dict[str, Any], layout: dict[str, Any], nodes: dict[str, d
         body.append(f'<g {attrs}><title>{esc(title)}</title>{shape}'
                     f'<text x="{box["x"]:.1f}" y="{box["y"] - 3:.1f}">{esc(line1)}</text>'
                     f'<text class="sub" x="{box["x"]:.1f}" y="{box["y"] + 10:.1f}">{esc(line2)}</text>{badges}</g>')
-    return (f'<svg class="graph" id="svg-{vid}" width="{width:.0f}" '
+    # data-w/data-h: the drawing's own size; the page's script zooms and pans by changing the viewBox.
+    return (f'<svg class="graph" id="svg-{vid}" width="{width:.0f}" data-w="{width:.1f}" data-h="{height:.1f}" '
             f'height="{height:.0f}" viewBox="0 0 {width:.1f} {height:.1f}"><defs>{"".join(defs)}</defs>'
             f'{"".join(body)}</svg>')

@@ -200,23 +200,45 @@ def _chunk_big_views(nodes: list[dict[str, Any]], groups: dict[str, dict[str, An
         for start in range(0, len(members), CHUNK_NODES):
             chunk = members[start:start + CHUNK_NODES]
             cid = f"g:{len(groups)}"
-            label = f"ops {chunk[0]['index']}-{chunk[-1]['index']}"
-            groups[cid] = {"id": cid, "path": f"{base}#{label}" if base else f"#{label}", "label": label,
+            span = f"ops {chunk[0]['index']}-{chunk[-1]['index']}"
+            groups[cid] = {"id": cid, "path": f"{base}#{span}" if base else f"#{span}", "label": _chunk_label(chunk),
                            "type": "", "parent": gid, "synthetic": True}
             for n in chunk:
                 node_group[n["id"]] = cid
 
 
+def _op_name(n: dict[str, Any]) -> str:
+    target = str(n.get("target", n["op"]))
+    parts = target.split(".")
+    return parts[-2] if target.startswith("aten.") and len(parts) >= 3 else parts[-1]
+
+
+def _chunk_label(chunk: list[dict[str, Any]]) -> str:
+    """What a run of consecutive nodes does, by its most frequent ops (``linear×6 matmul×2``).
+
+    Its index range alone (``ops 1-47``) tells a reader nothing; the range stays in the path.
+    """
+    counts: dict[str, int] = {}
+    for n in chunk:
+        if n["op"] in ("call_function", "call_method", "call_module"):
+            name = _op_name(n)
+            counts[name] = counts.get(name, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+    ops = " ".join(f"{name}×{c}" for name, c in top) or chunk[0]["op"]
+    return f"{chunk[0]['index']}-{chunk[-1]['index']}: {ops}"
+
+
 def _group_facts(nodes: list[dict[str, Any]], groups: dict[str, dict[str, Any]],
                  chains: dict[str, list[str]]) -> None:
     for g in groups.values():
-        g.update({"node_count": 0, "flops": 0, "cost_s": 0.0, "param_bytes": 0,
+        g.update({"node_count": 0, "flops": 0, "bytes": 0, "cost_s": 0.0, "param_bytes": 0,
                   "partitions": {}, "marks": {}, "created_by": {}})
     for n in nodes:
         for gid in chains[n["id"]][1:]:
             g = groups[gid]
             g["node_count"] += 1
             g["flops"] += n["flops"]
+            g["bytes"] += n.get("bytes_read", 0) + n.get("bytes_written", 0)
             g["cost_s"] += float(n["cost_s"]) if isinstance(n["cost_s"], (int, float)) else 0.0
             if n["op"] in ("get_attr", "call_module"):
                 g["param_bytes"] += n["param_bytes"]
