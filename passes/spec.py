@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import typing
 from typing import Any, Mapping, Sequence
 
@@ -74,7 +75,8 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
         else:
             name, options = item.strip(), {}
         if not name.isidentifier():
-            raise SpecError(f"invalid pass name {name!r} in spec {spec!r}")
+            hint = f" (did you mean {name.replace('-', '_')!r}?)" if name.replace("-", "_").isidentifier() else ""
+            raise SpecError(f"invalid pass name {name!r} in spec {spec!r}{hint}")
         out.append((name, options))
     return out
 
@@ -129,24 +131,49 @@ def coerce_option(pass_cls: type[GraphPass], key: str, value: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(pass_cls.Options)}
     if key not in fields:
         valid = ", ".join(fields) or "(none)"
-        raise SpecError(f"pass '{pass_cls.name}' has no option {key!r}; valid options: {valid}")
+        raise SpecError(f"pass '{pass_cls.name}' has no option {key!r}{did_you_mean(key, fields)}; "
+                        f"valid options: {valid} (autoglm passes describes them)")
     hints = typing.get_type_hints(pass_cls.Options)
-    ok, coerced = _type_ok(value, hints.get(key, Any))
+    tp = hints.get(key, Any)
+    ok, coerced = _type_ok(value, tp)
     if not ok:
+        allowed = _literal_values(tp)
+        if allowed and isinstance(value, str):
+            raise SpecError(f"pass '{pass_cls.name}' option {key}={value!r}: must be one of "
+                            f"{', '.join(map(str, allowed))}{did_you_mean(value, [str(a) for a in allowed])}")
         raise SpecError(
-            f"pass '{pass_cls.name}' option {key}={value!r}: expected {_type_name(hints.get(key))}, "
+            f"pass '{pass_cls.name}' option {key}={value!r}: expected {type_name(tp)}, "
             f"got {type(value).__name__}"
         )
     return coerced
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def did_you_mean(word: str, choices: Any) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _literal_values(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    return ()
+
+
+def type_name(tp: Any) -> str:
+    """A type as users write it: ``int``, ``float | None``, ``one of dynamic, static``."""
+    allowed = _literal_values(tp)
+    if allowed:
+        return "one of " + ", ".join(map(str, allowed))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
 
 
 def build_pass(registry: Mapping[str, type[GraphPass]], name: str, options: Mapping[str, Any]) -> GraphPass:
     if name not in registry:
-        raise SpecError(f"unknown pass {name!r}; valid passes: {', '.join(sorted(registry))}")
+        raise SpecError(f"unknown pass {name!r}{did_you_mean(name, registry)}; valid passes: "
+                        f"{', '.join(sorted(registry))}")
     cls = registry[name]
     coerced = {k: coerce_option(cls, k, v) for k, v in options.items()}
     try:

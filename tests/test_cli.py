@@ -116,7 +116,7 @@ def test_passes_lists_registry(capsys):
     assert [p["name"] for p in listed] == list(REGISTRY)
     for p in listed:
         for opt in p["options"]:
-            assert set(opt) == {"name", "type", "default"}
+            assert set(opt) == {"name", "type", "default", "allowed", "help"}
 
 
 @pytest.mark.parametrize("argv", [[], ["compile"], ["compile", "m.pt2", "--passes", "dce", "--config", "c.toml",

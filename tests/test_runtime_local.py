@@ -15,7 +15,7 @@ from examples.models import small_transformer
 
 def test_compile_partitioned_runs_on_local_executor_and_matches_eager():
     model, inputs = gpt2_decoder(layers=4, seq=16)  # tied embedding: a weight read by two partitions
-    cm = autoglm.compile(model, inputs, passes="partition(k=3)", devices=["cpu", "cpu"])
+    cm = autoglm.compile(model, inputs, passes="partition(k=3)", devices=["cpu", "cpu", "cpu"])
     assert isinstance(cm.executor, LocalExecutor)
     assert len(cm.executor.partitions) == 3
     with torch.no_grad():

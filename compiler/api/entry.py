@@ -13,6 +13,7 @@ import torch.nn as nn
 from autoglm.capture import capture
 from autoglm.capture.flat import FlatBatches
 from autoglm.driver.compiled import CompiledModel
+from autoglm.driver.devices import check_devices
 from autoglm.driver.graph import DriverOptions, compile_graph, executor_for_loaded, preserved_buffers
 from autoglm.passes.pipeline import resolve_passes
 
@@ -73,7 +74,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     devices = list(devices or ["cpu"])
     args, kwargs = split_example_inputs(example_inputs)
-    pipeline = resolve_passes(passes, devices)  # bad specs fail before any work
+    pipeline = resolve_passes(passes, devices)  # bad specs and devices fail before any work
+    devices = check_devices(devices, pipeline)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with _preserved_state(model):

@@ -169,6 +169,14 @@ def _nearest_existing(path: Path) -> Path:
     return cur
 
 
+def _nearest_missing(path: Path) -> Path:
+    """The outermost folder of ``path`` that does not exist (what the user has to create)."""
+    cur = path
+    while not cur.parent.exists() and cur.parent != cur:
+        cur = cur.parent
+    return cur
+
+
 class OutputPlan:
     """Stage every output of a command; ``commit()`` renames them into place.
 
@@ -219,6 +227,12 @@ class OutputPlan:
                 target = staged / final.relative_to(d)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 return target
+        # A file's folder must exist, as for cp or torch.save (a typo in --onnx used to create
+        # /nonexistent/dir); only an output folder (--out) creates its missing parents.
+        if not final.parent.is_dir():
+            missing = _nearest_missing(final.parent)
+            raise CliError(f"cannot write {what} {quote_path(final)}: the folder {quote_path(missing)} does not "
+                           "exist; create it first or choose another path")
         tmp = self._stage_root(final, what)
         self._files[final] = tmp
         return tmp / final.name

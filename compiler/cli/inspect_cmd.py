@@ -53,13 +53,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "nodes": len(rows),
         "flops": sum(r["flops"] for r in rows),
         "bytes": sum(r["bytes"] for r in rows),
-        "param_bytes": sum(r["param_bytes"] for r in rows),
+        "param_bytes": cm.parameter_bytes,  # stored tensors once (per-node param_bytes counts readers too)
+        "captured_param_bytes": cm.captured_parameter_bytes,
         "estimated_s": sum(r["cost_s"] or 0.0 for r in rows),
         "partitions": sorted({r["partition"] for r in rows if r["partition"] is not None}),
     }
     passes = [r.name if hasattr(r, "name") else r["name"] for r in cm.records]  # loaded artifacts hold dicts
     text = cm.summary() + (f"\nestimated time {totals['estimated_s'] * 1e3:.3f} ms (cost model), "
-                           f"parameters {totals['param_bytes'] / 2**20:.2f} MiB, passes: {', '.join(passes) or 'none'}")
+                           f"parameters {cm.size_text()}, passes: {', '.join(passes) or 'none'}")
     data = {"ok": True, "frontend": cm.frontend, "totals": totals, "nodes": rows,
             "config": {k: v for k, v in cm.config.items() if k != "records"},
             "inputs": [{"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}

@@ -18,6 +18,7 @@ stderr. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -25,8 +26,9 @@ import traceback
 from typing import Any, NoReturn, Sequence
 
 from autoglm.artifacts.atomic import INTERRUPT_SIGNALS
+from autoglm.ir import progress
 from autoglm.cli import compile_cmd, export_cmd, inspect_cmd, passes_cmd, report_cmd, run_cmd
-from autoglm.cli.common import RUN, CliError, Console, Interrupted, UsageError, one_line, quote_path
+from autoglm.cli.common import RUN, CliError, Console, Interrupted, UsageError, one_line, printable, quote_path
 
 __all__ = ["main", "build_parser", "Interrupted", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERNAL",
            "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from autoglm.artifacts.directory import ArtifactError
     from autoglm.capture import CaptureError
+    from autoglm.driver.devices import DeviceError
     from autoglm.api.config_file import ConfigError
     from autoglm.artifacts.graph_json import UnsafeArtifactError
     from autoglm.ir.pass_base import PassError
@@ -70,7 +73,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from autoglm.passes.spec import SpecError
 
     return (CliError, ModelLoadError, ConfigError, SpecError, CaptureError, PassError, ArtifactError,
-            UnsafeArtifactError, OSError)
+            UnsafeArtifactError, DeviceError, OSError)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -107,11 +110,21 @@ def _restore_signal_handlers(previous: dict[int, Any], exiting: bool) -> None:
 
 def _interrupted(console: Console) -> int:
     if RUN.written:  # the signal came once these were renamed into place: do not deny them
-        console.error(f"interrupted after writing {', '.join(quote_path(p) for p in RUN.written)} "
-                      "(complete); nothing else was written")
+        message = (f"interrupted after writing {', '.join(quote_path(p) for p in RUN.written)} "
+                   "(complete); nothing else was written")
     else:
-        console.error("interrupted; nothing was written")
-    return EXIT_TERMINATED if RUN.signum == signal.SIGTERM else EXIT_INTERRUPTED
+        message = "interrupted; nothing was written"
+    return _fail(console, message, EXIT_TERMINATED if RUN.signum == signal.SIGTERM else EXIT_INTERRUPTED)
+
+
+def _fail(console: Console, message: str, code: int) -> int:
+    """The one ``autoglm: error:`` line; with ``--json`` also a document on stdout, so a
+    script reading stdout always gets one (``{"ok": false, ...}``) instead of nothing."""
+    console.error(message)
+    if console.json_mode:
+        console.result("", {"ok": False, "error": printable(one_line(message)), "exit_code": code,
+                            "written": [str(p) for p in RUN.written]})
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    console = Console()
+    # Known before parsing, so a usage error is reported in the form asked for too.
+    console = Console(json_mode="--json" in argv)
     debug = "--debug" in argv
     try:
         parser = build_parser()
@@ -138,10 +152,9 @@ def _main(argv: Sequence[str] | None) -> int:
             return int(exc.code or 0)
         if not getattr(args, "command", None):
             parser.print_usage(sys.stderr)
-            console.error("no command given; run autoglm --help")
-            return EXIT_USAGE
+            return _fail(console, "no command given; run autoglm --help", EXIT_USAGE)
         console = Console(quiet=args.quiet, json_mode=args.json)
-        with console.routed_warnings():
+        with console.routed_warnings(), (progress.quiet() if args.quiet else contextlib.nullcontext()):
             code = int(args.handler(args, console) or EXIT_OK)
         RUN.check()  # a signal whose exception a library swallowed after the last safe point
         return code
@@ -155,18 +168,15 @@ def _failure(exc: BaseException, console: Console, debug: bool) -> int:
         # its aftermath (a library swallowed the interrupt and failed half-initialised).
         return _interrupted(console)
     if isinstance(exc, UsageError):
-        console.error(str(exc))
-        return EXIT_USAGE
+        return _fail(console, str(exc), EXIT_USAGE)
     if not isinstance(exc, Exception):  # SystemExit, GeneratorExit: not failures to report
         raise exc
     if debug:
         traceback.print_exc()
     if isinstance(exc, _user_errors()):
-        console.error(one_line(exc))
-        return EXIT_FAILURE
-    console.error(f"internal error: {type(exc).__name__}: {one_line(exc)} "
-                  "(this is a bug; rerun with --debug for the traceback)")
-    return EXIT_INTERNAL
+        return _fail(console, one_line(exc), EXIT_FAILURE)
+    return _fail(console, f"internal error: {type(exc).__name__}: {one_line(exc)} "
+                 "(this is a bug; rerun with --debug for the traceback)", EXIT_INTERNAL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import textwrap
 import typing
 from typing import Any
 
 from autoglm.cli.common import Console
+from autoglm.passes.option_help import option_help
+from autoglm.passes.spec import type_name
 
 __all__ = ["add_parser", "run", "describe_passes"]
 
@@ -16,12 +19,6 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        description="List every registered pass: what it does, whether it is exact, and its "
                                    "options with types and defaults (usable as pass(option=value)).")
     p.set_defaults(handler=run)
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "").replace("NoneType", "None")
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -40,7 +37,10 @@ def describe_passes() -> list[dict[str, Any]]:
     out = []
     for name, cls in REGISTRY.items():
         hints = typing.get_type_hints(cls.Options) if dataclasses.is_dataclass(cls.Options) else {}
-        options = [{"name": f.name, "type": _type_name(hints.get(f.name, Any)), "default": _default(f)}
+        helps = option_help(cls.Options)
+        options = [{"name": f.name, "type": type_name(hints.get(f.name, Any)), "default": _default(f),
+                    "allowed": list(typing.get_args(hints[f.name])) if typing.get_origin(hints.get(f.name))
+                    is typing.Literal else None, "help": helps.get(f.name, "")}
                    for f in dataclasses.fields(cls.Options)]
         out.append({"name": name, "summary": cls.summary or (cls.__doc__ or "").strip().split("\n")[0],
                     "exact": cls.exact, "requires": list(cls.requires), "ensures": list(cls.ensures),
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         lines.append(f"{p['name']}  [{', '.join(flags)}]  {p['summary']}")
         for o in p["options"]:
             lines.append(f"    {o['name']}: {o['type']} = {o['default']!r}")
+            for chunk in textwrap.wrap(o["help"], width=96):
+                lines.append(f"        {chunk}")
         if not p["options"]:
             lines.append("    (no options)")
     lines.append("use as --passes 'name(option=value),...' or in a config file; see docs/cli.md")

@@ -19,8 +19,11 @@ import torch.fx as fx
 from autoglm.capture.dynamic import check_call
 from autoglm.capture.flat import FlatSignature
 from autoglm.ir.meta import annotation, has_annotation, output_specs
+from autoglm.ir.sizes import format_bytes, state_bytes
 
 __all__ = ["Compiled", "CompiledViews", "CompiledModel"]
+
+_NOT_COMPUTE = ("placeholder", "get_attr", "output")
 
 
 def _fmt_shape(node: fx.Node) -> tuple[str, str]:
@@ -71,6 +74,24 @@ class CompiledViews:
         """The partition plan, when a partition pass ran (None otherwise)."""
         return self.notes.get("partition", {}).get("plan")
 
+    @property
+    def parameter_bytes(self) -> int:
+        """Bytes of the compiled graph's weights (each stored tensor once; int8 weights at 1 byte)."""
+        return state_bytes(self.graph_module)
+
+    @property
+    def captured_parameter_bytes(self) -> int | None:
+        """The same for the graph as captured, before any pass (None for artifacts saved before it was kept)."""
+        sizes = self.notes.get("sizes") or self.config.get("sizes") or {}
+        return sizes.get("captured_parameter_bytes")
+
+    def size_text(self) -> str:
+        """``22.0 MiB (was 86.7 MiB before passes)``, or just the size when nothing changed it."""
+        now, before = self.parameter_bytes, self.captured_parameter_bytes
+        if before is None or before == now:
+            return format_bytes(now)
+        return f"{format_bytes(now)} (was {format_bytes(before)} before passes)"
+
     def node_table(self) -> list[dict[str, Any]]:
         rows = []
         for n in self.graph_module.graph.nodes:
@@ -87,19 +108,41 @@ class CompiledViews:
             })
         return rows
 
-    def summary(self) -> str:
-        """A per-node table: op, target, shape, dtype, FLOPs, bytes, partition, provenance, tags."""
+    def summary(self, max_rows: int | None = 40, all_nodes: bool = False) -> str:
+        """What was compiled, then a per-node table: op, target, shape, dtype, FLOPs, bytes, partition,
+        provenance, tags.
+
+        The table lists the nodes that compute (not inputs, weight reads or the output) unless
+        ``all_nodes``; the ``max_rows`` costliest of them, in graph order (None: every one).
+        ``node_table()`` has every row as data."""
         rows = self.node_table()
+        compute = [r for r in rows if r["op"] not in _NOT_COMPUTE]
+        shown = rows if all_nodes else compute
+        if max_rows is not None and len(shown) > max_rows:
+            costliest = sorted(range(len(shown)), key=lambda i: -(shown[i]["cost_s"] or shown[i]["flops"]))
+            keep = set(costliest[:max_rows])
+            hidden = len(shown) - max_rows
+            shown = [r for i, r in enumerate(shown) if i in keep]
+        else:
+            hidden = 0
         head = ["name", "op", "target", "shape", "dtype", "flops", "bytes", "part", "by", "tags"]
         table = [head]
-        for r in rows:
-            table.append([r["name"], r["op"], r["target"][:40], r["shape"], r["dtype"], f"{r['flops']:,}",
+        for r in shown:
+            table.append([r["name"][:48], r["op"], r["target"][:40], r["shape"], r["dtype"], f"{r['flops']:,}",
                           f"{r['bytes']:,}", "" if r["partition"] is None else str(r["partition"]),
                           r["created_by"], ",".join(sorted(r["tags"]))])
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
         total_flops = sum(r["flops"] for r in rows)
-        lines.append(f"{len(rows)} nodes, {total_flops:,} FLOPs, frontend={self.frontend}")
+        passes = ", ".join(getattr(r, "spec", None) or (r.get("spec") if isinstance(r, dict) else "") or "?"
+                           for r in self.records) or "none"
+        parts = sorted({r["partition"] for r in rows if r["partition"] is not None})
+        lines = [f"{len(rows)} nodes ({len(compute)} compute), {total_flops:,} FLOPs, parameters {self.size_text()}, "
+                 f"frontend={self.frontend}, passes: {passes}"
+                 + (f", {len(parts)} partitions" if parts else "")]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+        if hidden:
+            lines.append(f"... {hidden} cheaper nodes not shown (summary(max_rows=None) lists all, "
+                         f"summary(all_nodes=True) adds inputs and weights)")
         return "\n".join(lines)
 
     def report(self, path: str | os.PathLike, extra: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -156,7 +199,7 @@ class CompiledModel(CompiledViews):
         from autoglm.artifacts.directory import save_artifact
 
         records = [asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in self.records]
-        extra = {"frontend": self.frontend, "records": records}
+        extra = {"frontend": self.frontend, "records": records, "sizes": self.notes.get("sizes", {})}
         if self.plan is not None:
             extra["partition_plan"] = self.plan.to_json()
         save_artifact(path, self.graph_module, self.signature, self.example_inputs, self.config, extra=extra)

@@ -28,6 +28,7 @@ from autoglm.ir.annotate import annotate
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.ir.pass_base import GraphPass, PassContext
 from autoglm.ir.pass_manager import PassManager, PassRecord
+from autoglm.ir.sizes import state_bytes
 from autoglm.ir.snapshot import CAPTURED_NOTE, captured_copy
 
 __all__ = ["DriverOptions", "CompiledGraph", "compile_graph", "build_executor", "executor_for_loaded",
@@ -83,6 +84,7 @@ def compile_graph(gm: fx.GraphModule, flat_inputs: Sequence[Any], options: Drive
         reference = annotate(gm, list(flat_inputs), measure=measured, dynamic=dynamic)
     cost.annotate_costs(gm, None if cost.kind == "analytic" else list(flat_inputs))
     t1 = time.perf_counter()
+    captured_bytes = state_bytes(gm)  # before the passes, for "22 MiB (was 87 MiB)"
     ctx = PassContext(list(flat_inputs), devices=list(options.devices), cost=cost, calibration=options.calibration)
     if options.keep_captured:
         ctx.notes[CAPTURED_NOTE] = captured_copy(gm)  # before the passes rewrite gm in place
@@ -93,6 +95,7 @@ def compile_graph(gm: fx.GraphModule, flat_inputs: Sequence[Any], options: Drive
         timings["annotate_s"] = timings.get("annotate_s", 0.0) + t1 - t0
         timings["passes_s"] = timings.get("passes_s", 0.0) + time.perf_counter() - t1
     executor = build_executor(gm, ctx.devices, "partitioned" in ctx.properties)
+    ctx.notes["sizes"] = {"captured_parameter_bytes": captured_bytes}
     return CompiledGraph(gm, executor, list(manager.records), ctx.notes)
 
 

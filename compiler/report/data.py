@@ -280,10 +280,9 @@ def _captured(cm: Any) -> dict[str, Any] | None:
     from autoglm.report.views import build_views
 
     snap = cm.notes.get(CAPTURED_NOTE)
-    gm = getattr(snap, "graph_module", None)
-    if gm is None:
+    if getattr(snap, "graph", None) is None:
         return None
-    nodes, _, module_types = _nodes(gm)
+    nodes, _, module_types = _nodes(snap)  # reads only .graph: drawn even once the weights are gone
     return {"summary": _summary(nodes, 0), "nodes": nodes, "graph": build_views(nodes, module_types)}
 
 

@@ -57,11 +57,11 @@ class PartitionError(ValueError):
 
 @dataclass
 class PartitionOptions:
-    k: int = 2
+    k: int = 2  # number of parts; part p runs on devices[p % len(devices)]
     method: Literal["louvain", "metis", "even"] = "louvain"
     resolution: float = 1.0  # Louvain resolution: higher -> more, smaller communities
     contiguous: bool = False  # pipeline chain: count forwarded bytes, move only between neighbours
-    seed: int = 0
+    seed: int = 0  # Louvain's random seed: the same seed gives the same parts
     balance: float = 1.10  # allowed max partition cost / mean partition cost
     # A graph with fewer placeable units than k: one part per unit instead of an
     # error. The default pipeline sets it so a tiny model on many devices compiles.

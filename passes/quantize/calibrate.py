@@ -25,6 +25,7 @@ import torch.fx as fx
 
 from autoglm.ir.int8 import act_qparams, fake_quant_static
 from autoglm.ir.metrics import sqnr_from_sums
+from autoglm.ir.progress import bar as progress_bar
 
 __all__ = ["ActStats", "Probe", "calibration_batches", "observed_range", "OBSERVERS"]
 
@@ -134,11 +135,9 @@ class Probe(fx.Interpreter):
         return sqnr_from_sums(self.signal.get(n, 0.0), self.noise.get((n, variant), 0.0))
 
     def run_all(self, batches: Iterable[tuple], desc: str = "", progress: bool = True) -> list[tuple]:
-        from tqdm.auto import tqdm
-
         outs = []
         with torch.no_grad():
-            for batch in tqdm(list(batches), desc=desc, disable=not progress, leave=False):
+            for batch in progress_bar(list(batches), desc, show=progress):
                 out = self.run(*batch)
                 outs.append(tuple(out) if isinstance(out, (tuple, list)) else (out,))
         return outs

@@ -54,8 +54,10 @@ class QuantizeOptions:
     # Accuracy budget on calibration data: with metric="cosine" the smallest allowed cosine
     # between int8 and fp32 outputs (per sample, e.g. 0.99); with "sqnr" the smallest SQNR in dB;
     # with a callable metric(fp32_outputs, int8_outputs) -> float (higher is better) its threshold.
+    # None (the default): every layer whose SQNR gains go int8, no whole-model budget; the
+    # report and the CLI still state the measured cosine.
     max_error: float | None = None
-    metric: Any = "cosine"
+    metric: Any = "cosine"  # what max_error bounds: "cosine", "sqnr" (dB) or a callable (see above)
     # Per-layer floor: a layer whose own output SQNR (int8 vs fp32, same inputs) is below
     # this many dB stays fp32, whatever the whole-model budget says. None: no floor.
     min_layer_sqnr_db: float | None = None

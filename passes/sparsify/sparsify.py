@@ -61,7 +61,7 @@ def parse_pattern(pattern: str) -> tuple[str, int, int]:
 
 @dataclass
 class SparsifyOptions:
-    pattern: str = "2:4"
+    pattern: str = "2:4"  # "N:M" (N of every M weights kept), "unstructured" or "structured" (whole channels removed, layers shrink)
     sparsity: float = 0.5  # unstructured/structured; N:M implies 1 - N/M
     scope: str = "layer"  # "global": one magnitude threshold over all layers (unstructured only)
     exclude: list[str] = field(default_factory=list)  # glob patterns on layer names ("head", "*.fc2")

@@ -154,8 +154,10 @@ class _Builder:
     def constant(self, base: str, value: torch.Tensor, like: torch.Tensor) -> fx.Node:
         name = unique_attr_name(self.gm, base)
         t = value.detach().clone()
-        setattr(self.gm, name, nn.Parameter(t, requires_grad=like.requires_grad) if isinstance(like, nn.Parameter)
-                else t)
+        if isinstance(like, nn.Parameter):
+            setattr(self.gm, name, nn.Parameter(t, requires_grad=like.requires_grad))
+        else:  # a buffer (e.g. weights frozen from Dynamo inputs): registered, so get_attr finds it
+            self.gm.register_buffer(name, t)
         n = self.graph.get_attr(name)
         annotation(n).tags["split"] = dict(self.tag, role="weight", cost_s=0.0)
         return n

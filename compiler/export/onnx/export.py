@@ -48,6 +48,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 
 from autoglm.artifacts.atomic import move_into, staging_dir
+from autoglm.ir import progress
 from autoglm.ir.meta import annotation, has_annotation
 from autoglm.export.onnx.check import (OnnxExportError, OnnxParityError, ParityRecord, check_external_paths,
                                 check_model, random_like, resized_like, run_parity)
@@ -301,7 +302,11 @@ def _torch_export(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], opts: Expo
                    for i in range(len(inputs)))
     # The exporter narrates its steps on stdout and warns about optional packages
     # (torchvision) and constant-folding attempts it gives up on; none of it is ours to act on.
-    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("torch.onnx", "onnxscript"):
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("torch.onnx", "onnxscript"), \
+            warnings.catch_warnings():
+        # Inputs sharing one Dim (batch of input_ids and attention_mask) make the exporter say
+        # it keeps the first name for the axis; the axis is named and dynamic as asked.
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
         return torch.onnx.export(gm, tuple(inputs), dynamo=True, opset_version=opts.opset,
                                  dynamic_shapes=shapes if dynamic else None, input_names=input_names,
                                  output_names=output_names, optimize=opts.optimize, verbose=False,
@@ -477,12 +482,23 @@ def export_graph(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], tar
                  input_names: list[str], output_names: list[str], *, metadata: dict[str, str] | None = None,
                  int8_budget_db: float = 25.0) -> OnnxExportResult:
     """Export one flat graph to ``target`` and check it against ``gm`` itself."""
+    with progress.stages(f"onnx export {target.name}", ["lower and probe axes", "torch.onnx.export",
+                                                          "save, check and onnxruntime parity"]) as stage:
+        return _export_graph(gm, example_inputs, target, opts, input_names, output_names, metadata,
+                             int8_budget_db, stage)
+
+
+def _export_graph(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], target: Path, opts: ExportOptions,
+                  input_names: list[str], output_names: list[str], metadata: dict[str, str] | None,
+                  int8_budget_db: float, stage: Any) -> OnnxExportResult:
     inputs = [x.detach().cpu() for x in example_inputs]
     gen = torch.Generator().manual_seed(opts.seed)
     t0 = time.perf_counter()
     lowered, sparse, int8_meta, has_int8 = _lower(gm, opts.dynamic_int8_as)
     dynamic = _probe_dynamic(gm, inputs, gen) if opts.dynamic else {}
+    stage.next()
     onnx_program, dynamic = _export_with_fallback(lowered, inputs, opts, dynamic, input_names, output_names)
+    stage.next()
     metadata = {"autoglm.version": _autoglm_version(), **(metadata or {})}
     if sparse:
         metadata["autoglm.sparse"] = json.dumps(sparse)
