@@ -93,6 +93,8 @@ class CompiledViews:
         return f"{format_bytes(now)} (was {format_bytes(before)} before passes)"
 
     def node_table(self) -> list[dict[str, Any]]:
+        """One dict per graph node: name, op, target, shape, dtype, flops, bytes, param_bytes, cost_s,
+        latency_s (when measured), partition, created_by (the pass that made it) and tags."""
         rows = []
         for n in self.graph_module.graph.nodes:
             ann = annotation(n) if has_annotation(n) else None
@@ -152,6 +154,8 @@ class CompiledViews:
         return write_report(self, path, extra=extra, **kwargs)
 
     def export_onnx(self, path: str | os.PathLike, **kwargs: Any) -> Any:
+        """Export to ``path`` (``.onnx``) and check it in onnxruntime; keywords are ``ExportOptions`` fields.
+        See ``autoglm.export.onnx.export.export_onnx``."""
         from autoglm.export.onnx.export import export_onnx
 
         return export_onnx(self, path, **kwargs)
@@ -185,6 +189,8 @@ class CompiledModel(CompiledViews):
         self._example_shapes = [tuple(t.shape) for t in self.example_inputs]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run like the original model: same arguments, same output structure. Inputs of another
+        structure, or of a shape outside the compiled dynamic range, fail with a one-line error."""
         flat = self.signature.flatten_inputs(args, kwargs)
         if self.dynamic_dims is not None and [tuple(t.shape) for t in flat] != self._example_shapes:
             check_call(flat, self.example_inputs, self.dynamic_dims, self.signature.input_names)
@@ -196,6 +202,8 @@ class CompiledModel(CompiledViews):
     forward = __call__
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the artifact folder (graph.json, weights.safetensors, config.json, example inputs);
+        no pickle, written atomically. ``autoglm.load(path)`` reads it back without running code."""
         from autoglm.artifacts.directory import save_artifact
 
         records = [asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in self.records]

@@ -72,9 +72,11 @@ class GraphPass:
         self.options = options
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:  # pragma: no cover - interface
+        """Rewrite ``gm`` (in place or a new module) and return it with whether anything changed."""
         raise NotImplementedError
 
     def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        """Same as ``run``."""
         return self.run(gm, ctx)
 
     def spec(self) -> str:

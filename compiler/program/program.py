@@ -84,6 +84,7 @@ class Program(CompiledViews):
 
     # -- the Compiled interface (autoglm.driver.compiled.Compiled) ----------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model: the path these inputs take, compiled the first time it is seen (re-planning)."""
         flat = self.signature.flatten_inputs(args, kwargs)
         out, leaf = self.cache.run(flat)
         sig = leaf.payload.segment.signature
@@ -101,14 +102,17 @@ class Program(CompiledViews):
 
     @property
     def stats(self) -> ReplanStats:
+        """Cache hits, re-plans (new paths compiled), guard failures and eager fallbacks so far."""
         return self.cache.stats
 
     @property
     def max_plans(self) -> int:
+        """How many paths may be compiled before ``on_limit`` applies."""
         return self.cache.max_plans
 
     @property
     def on_limit(self) -> str:
+        """What happens past ``max_plans`` paths: ``"eager"`` (run the model as is) or ``"error"``."""
         return self.cache.on_limit
 
     @property
@@ -131,7 +135,8 @@ class Program(CompiledViews):
         """The outcome sequences of the compiled paths."""
         return [leaf.key for leaf in self.cache.leaves()]
 
-    def summary(self) -> str:
+    def summary(self) -> str:  # type: ignore[override]
+        """The latest compiled path's summary, the number of paths and the re-planning statistics."""
         text = super().summary() if self.cache.last_leaf is not None else "no path compiled yet"
         return f"{text}\n{len(self.paths())} compiled paths; the table shows the latest\n{self.stats}"
 
