@@ -144,6 +144,9 @@ def test_tiny_classifier_exact_compile_run_text_and_benchmark_without_the_source
     with torch.no_grad():
         want = eager(**tok([GUITAR, "Hello."], padding=True, return_tensors="pt")).logits
     torch.testing.assert_close(load_file(tmp_path / "logits.safetensors")["logits"], want)
+    # The artifact's own example inputs (input_0, ...) run a model that is called with keywords.
+    doc = json.loads(_ok(tmp_path, "run", "art", "--inputs", "art/example_inputs.safetensors", "--json", "-q").stdout)
+    assert doc["outputs"]["logits"]["shape"] == [2, 3]
 
     # The source folder's weights change: the eager model is no longer the one compiled, so it is
     # not timed, and the output says why (the artifact still is).

@@ -85,7 +85,8 @@ class EagerCheck:
                  else f"SQNR {self.sqnr_db:.1f} dB < {b.threshold} dB" for b in self.broken]
         sources = ", ".join(b.source for b in self.broken)
         return (f"outputs are below the accuracy budget ({'; '.join(parts)}; budget from {sources}); "
-                "keep sensitive layers in fp32 with quantize(max_error=...) or exclude=[...]")
+                "keep sensitive layers out with the pass's exclude=[...], or let quantize(max_error=...) "
+                "keep the most sensitive ones fp32")
 
     def to_json(self) -> dict[str, Any]:
         return {"exact": self.exact, "inputs": self.inputs, "outputs": [asdict(o) for o in self.outputs],

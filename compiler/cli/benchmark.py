@@ -26,7 +26,7 @@ from autoglm.capture.flat import merge_leaves
 from autoglm.cli.common import UsageError
 from autoglm.loading.file_safety import ModelLoadError
 
-__all__ = ["add_flags", "check_flags", "saved_inputs", "eager_model", "measure", "human"]
+__all__ = ["add_flags", "check_flags", "call_from_flat", "saved_inputs", "eager_model", "measure", "human"]
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -46,11 +46,16 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError("--benchmark times one process; it does not go with --nproc")
 
 
-def saved_inputs(cm: Any) -> tuple[tuple, dict]:
-    """The artifact's example inputs, in the structure it is called with (keyword tensors for HF models)."""
+def call_from_flat(cm: Any, flat: list[Any]) -> tuple[tuple, dict]:
+    """Flat tensors (graph input order) in the structure the model is called with (keywords for HF models)."""
     sig = cm.signature
-    args, kwargs = tree_unflatten(merge_leaves(list(cm.example_inputs), sig.in_positions, sig.in_consts), sig.in_spec)
+    args, kwargs = tree_unflatten(merge_leaves(list(flat), sig.in_positions, sig.in_consts), sig.in_spec)
     return tuple(args), dict(kwargs)
+
+
+def saved_inputs(cm: Any) -> tuple[tuple, dict]:
+    """The artifact's own example inputs, ready to call it with."""
+    return call_from_flat(cm, list(cm.example_inputs))
 
 
 def eager_model(artifact: str, cm: Any, trust_remote_code: bool) -> tuple[Any, str]:

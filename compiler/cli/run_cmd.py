@@ -111,7 +111,14 @@ def _call_inputs(args: argparse.Namespace, cm: Any) -> tuple[Any, str]:
         kwargs = run_text.text_inputs(args.artifact, cm, args.text, args.trust_remote_code)
         return ExampleInputs((), kwargs), f"{len(args.text)} sentence(s) from the artifact's tokenizer"
     if args.inputs:
-        return load_example_inputs(args.inputs), quote_path(args.inputs)
+        inputs = load_example_inputs(args.inputs)
+        sig = cm.signature
+        if inputs.args and not inputs.kwargs and not sig.positional_tensors_only \
+                and len(inputs.args) == len(sig.in_positions):
+            # input_0, input_1, ... (the artifact's own example_inputs.safetensors) for a model called
+            # with keywords: the names are the graph's input order, which the signature maps back.
+            inputs = ExampleInputs(*benchmark.call_from_flat(cm, list(inputs.args)))
+        return inputs, quote_path(args.inputs)
     call_args, call_kwargs = benchmark.saved_inputs(cm)
     return ExampleInputs(call_args, call_kwargs), "the artifact's saved example inputs"
 
