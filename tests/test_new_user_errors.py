@@ -183,3 +183,20 @@ def test_summary_leads_with_totals_and_compute_nodes():
     assert "get_attr" in cm.summary(all_nodes=True) or "placeholder" in cm.summary(all_nodes=True)
     limited = cm.summary(max_rows=1)
     assert "cheaper nodes not shown" in limited
+
+
+def test_output_piped_into_head_ends_quietly():
+    # `autoglm inspect DIR | head` used to end with "autoglm: error: [Errno 32] Broken pipe".
+    script = """
+import sys
+from autoglm.cli.main import main
+class Gone:
+    def write(self, text): raise BrokenPipeError(32, "Broken pipe")
+    def flush(self): pass
+    def fileno(self): raise ValueError("not a file")
+sys.stdout = Gone()
+code = main(["passes"])
+sys.stderr.write(f"exit {code}")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip() == "exit 141"

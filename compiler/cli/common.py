@@ -228,9 +228,10 @@ class OutputPlan:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 return target
         # A file's folder must exist, as for cp or torch.save (a typo in --onnx used to create
-        # /nonexistent/dir); only an output folder (--out) creates its missing parents.
-        if not final.parent.is_dir():
-            missing = _nearest_missing(final.parent)
+        # /nonexistent/dir); only an output folder (--out) creates its missing parents, and a
+        # file may go into a folder that one creates (--out build/m --report build/m.html).
+        missing = _nearest_missing(final.parent) if not final.parent.is_dir() else None
+        if missing is not None and not any(missing in d.parents for d in self._dirs):
             raise CliError(f"cannot write {what} {quote_path(final)}: the folder {quote_path(missing)} does not "
                            "exist; create it first or choose another path")
         tmp = self._stage_root(final, what)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ __all__ = ["main", "build_parser", "Interrupted", "EXIT_OK", "EXIT_FAILURE", "EX
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a process SIGTERM ended
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: stdout's reader went away (| head)
 
 COMMANDS = (compile_cmd, run_cmd, export_cmd, inspect_cmd, passes_cmd, report_cmd)
 
@@ -162,7 +164,21 @@ def _main(argv: Sequence[str] | None) -> int:
         return _failure(exc, console, debug)
 
 
+def _stdout_closed() -> int:
+    """``autoglm inspect DIR | head``: the reader left. Say nothing (the result was only output,
+    nothing is half-written) and exit as a process SIGPIPE ended would; stdout goes to
+    /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def _failure(exc: BaseException, console: Console, debug: bool) -> int:
+    if isinstance(exc, BrokenPipeError):
+        return _stdout_closed()
     if isinstance(exc, KeyboardInterrupt) or RUN.signum is not None:
         # Ctrl-C or SIGTERM; staging is already cleaned up. Any other error after a signal is
         # its aftermath (a library swallowed the interrupt and failed half-initialised).
