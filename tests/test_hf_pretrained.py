@@ -189,6 +189,16 @@ def test_compile_pretrained_warns_when_a_lossy_pass_breaks_its_budget(tiny_folde
     assert any("below the accuracy budget" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
+def test_a_task_the_checkpoint_was_not_trained_for_warns_with_the_missing_weights(tiny_folder: Path) -> None:
+    from autoglm.api.pretrained import load_pretrained
+
+    pre = load_pretrained(tiny_folder, "fill-mask")  # a classifier checkpoint: no masked-LM head
+    assert pre.task == "fill-mask" and type(pre.model).__name__ == "BertForMaskedLM"
+    assert len(pre.warnings) == 1 and "initialised them at random" in pre.warnings[0], pre.warnings
+    assert "cls.predictions" in pre.warnings[0]
+    assert not load_pretrained(tiny_folder).warnings  # its own task, from config.json: nothing missing
+
+
 def test_lossy_budgets_come_from_the_pass_itself() -> None:
     from autoglm.api.eager_check import DEFAULT_MIN_COSINE, budgets_of
     from autoglm.passes.pipeline import resolve_passes

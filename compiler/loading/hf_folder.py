@@ -149,8 +149,12 @@ def load_hf_model(folder: HfFolder, task: str, config: Any, *, trust_remote_code
     transformers = _transformers()
     cls = getattr(transformers, auto_class_name(task))
     source = weights_from or folder.path
-    bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()  # a bar per load is noise on a one-line-per-step console
+    hf_logging = transformers.utils.logging
+    bars_were_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    # A bar per load and transformers' multi-line load report would break the one-line-per-message
+    # console; missing weights, the report's one useful fact, are returned and warned about by the caller.
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         model, info = cls.from_pretrained(str(source), config=config, local_files_only=True,
                                           use_safetensors=bool(folder.weights), output_loading_info=True,
@@ -160,12 +164,13 @@ def load_hf_model(folder: HfFolder, task: str, config: Any, *, trust_remote_code
         raise ModelLoadError(f"{folder.path}: cannot build the {task} model ({arch}) with transformers."
                              f"{auto_class_name(task)}: {first_line(exc)}") from exc
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars_were_on:
-            transformers.utils.logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()
     model.eval()
     if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
         model.float()  # bf16/fp16 checkpoints: autoglm compiles and validates in float32
-    return model, list(info.get("missing_keys", []))
+    return model, sorted(info.get("missing_keys", []))
 
 
 def load_hf_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
