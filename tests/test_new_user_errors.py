@@ -200,3 +200,33 @@ sys.stderr.write(f"exit {code}")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip() == "exit 141"
+
+
+# ------------------------------------------------------------------ numbers with context
+
+@pytest.fixture()
+def mlp_pt2(tmp_path):
+    model, x = _mlp()
+    torch.export.save(torch.export.export(model, x), tmp_path / "mlp.pt2")
+    return tmp_path / "mlp.pt2"
+
+
+def test_cli_states_lossy_results_as_cosine_and_warns_below_budget(mlp_pt2, tmp_path, capsys):
+    # A 2:4-pruned model used to print only "max abs diff 0.22", with no warning.
+    assert main(["compile", str(mlp_pt2), "--passes", "sparsify(pattern='2:4')", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr()
+    assert "output_0 cosine 0." in out.out
+    assert "autoglm: warning: outputs are below the accuracy budget" in out.err and "finetune_sparse" in out.err
+    assert main(["compile", str(mlp_pt2), "--passes", "quantize(mode=dynamic)", "--out", str(tmp_path / "q"),
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["eager_check"]["min_cosine"] > 0.99 and doc["eager_check"]["within_budget"]
+
+
+def test_cli_report_measures_unless_told_not_to(mlp_pt2, tmp_path, capsys):
+    for flag, measured in (([], True), (["--no-measure"], False)):
+        out = tmp_path / f"m{measured}"
+        assert main(["compile", str(mlp_pt2), "--passes", "none", "--out", str(out), "--report",
+                     str(out / "r.html"), *flag]) == 0
+        data = json.loads((out / "r.json").read_text())
+        assert bool(data.get("latency")) == measured, data.keys()

@@ -24,7 +24,7 @@ import torch
 
 from autoglm.ir.metrics import sqnr_db
 
-__all__ = ["DEFAULT_MIN_COSINE", "Budget", "OutputDiff", "EagerCheck", "EagerMismatchError", "budgets_of",
+__all__ = ["DEFAULT_MIN_COSINE", "Budget", "OutputDiff", "EagerCheck", "EagerMismatchError", "budgets_of", "compare_outputs",
            "named_tensors", "check_against_eager"]
 
 # What a lossy pass that states no budget is held to: the accuracy autoglm's int8 meets on
@@ -84,9 +84,13 @@ class EagerCheck:
         parts = [f"min cosine {self.min_cosine:.4f} < {b.threshold}" if b.metric == "cosine"
                  else f"SQNR {self.sqnr_db:.1f} dB < {b.threshold} dB" for b in self.broken]
         sources = ", ".join(b.source for b in self.broken)
+        advice = ["keep sensitive layers out with the pass's exclude=[...]"]
+        if "quantize" in sources:
+            advice.append("let quantize(max_error=...) keep the most sensitive ones fp32")
+        if "sparsify" in sources:
+            advice.append("fine-tune the pruned model (autoglm.finetune_sparse, docs/sparsity.md)")
         return (f"outputs are below the accuracy budget ({'; '.join(parts)}; budget from {sources}); "
-                "keep sensitive layers out with the pass's exclude=[...], or let quantize(max_error=...) "
-                "keep the most sensitive ones fp32")
+                + ", or ".join(advice))
 
     def to_json(self) -> dict[str, Any]:
         return {"exact": self.exact, "inputs": self.inputs, "outputs": [asdict(o) for o in self.outputs],
@@ -155,25 +159,35 @@ def _compare(name: str, got: torch.Tensor, want: torch.Tensor, mask: torch.Tenso
     return OutputDiff(name, list(got.shape), diff, cosine, close)
 
 
-def check_against_eager(compiled: Any, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                        pipeline: Sequence[Any], inputs_label: str) -> EagerCheck:
-    """Run both on ``inputs`` (keyword tensors) and compare every output; see the module docstring."""
-    with torch.no_grad():
-        want = named_tensors(model(**inputs))
-        got = named_tensors(compiled(**inputs))
+def compare_outputs(got_outputs: Any, want_outputs: Any, pipeline: Sequence[Any], inputs_label: str,
+                    mask: torch.Tensor | None = None) -> EagerCheck:
+    """Every output of the compiled model against eager's, and the lossy passes' budgets checked.
+
+    Never raises for a numerical difference: ``check.exact`` with an output that is not
+    ``close`` is for the caller to treat as the error it is; ``check.broken`` lists the
+    budgets a lossy pipeline missed."""
+    want, got = named_tensors(want_outputs), named_tensors(got_outputs)
     if list(got) != list(want):
         raise EagerMismatchError(f"the compiled model returns {', '.join(got) or 'nothing'}; eager returns "
                                  f"{', '.join(want) or 'nothing'}")
-    mask = inputs.get("attention_mask")
     diffs = [_compare(k, got[k], want[k], mask) for k in want]
     exact = all(getattr(p, "exact", True) for p in pipeline)
     check = EagerCheck(diffs, exact, inputs_label, budgets_of(pipeline),
                        sqnr_db([want[k] for k in want], [got[k] for k in want]))
-    if exact:
-        far = [d for d in diffs if not d.close]
-        if far:
-            raise EagerMismatchError("exact passes changed the outputs beyond torch.testing.assert_close's "
-                                     "tolerances: " + "; ".join(d.text() for d in far))
-        return check
-    check.broken = [b for b in check.budgets if not b.met_by(check.min_cosine, check.sqnr_db)]
+    if not exact:
+        check.broken = [b for b in check.budgets if not b.met_by(check.min_cosine, check.sqnr_db)]
+    return check
+
+
+def check_against_eager(compiled: Any, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                        pipeline: Sequence[Any], inputs_label: str) -> EagerCheck:
+    """Run both on ``inputs`` (keyword tensors) and compare every output; see the module docstring."""
+    with torch.no_grad():
+        want = model(**inputs)
+        got = compiled(**inputs)
+    check = compare_outputs(got, want, pipeline, inputs_label, inputs.get("attention_mask"))
+    far = [d for d in check.outputs if not d.close]
+    if check.exact and far:
+        raise EagerMismatchError("exact passes changed the outputs beyond torch.testing.assert_close's "
+                                 "tolerances: " + "; ".join(d.text() for d in far))
     return check

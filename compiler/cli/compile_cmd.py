@@ -33,6 +33,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    "defaults to the inputs saved in a .pt2 archive")
     p.add_argument("--out", metavar="DIR", required=True, help="artifact folder to write (atomically)")
     p.add_argument("--report", metavar="FILE", help="also write the HTML report here")
+    p.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="report: do not measure accuracy and latency against eager (on by default)")
     p.add_argument("--devices", metavar="LIST", help="comma-separated devices for partitions, e.g. cpu,cpu")
     p.add_argument("--frontend", choices=["auto", "symbolic", "export"], help="capture frontend (default auto)")
     p.add_argument("--verify", action="store_true", help="check outputs against eager after every pass")
@@ -120,7 +122,8 @@ def _max_abs_diff(a: Any, b: Any) -> float | None:
 
 
 def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, out: str, report: str | None,
-                   console: Console, source: dict[str, Any], additions: Any = None) -> dict[str, Any]:
+                   console: Console, source: dict[str, Any], additions: Any = None,
+                   measure: bool = True) -> dict[str, Any]:
     """Compile, check against eager, write artifact (+ report) atomically; return the result record.
 
     ``additions`` (``hf_compile.ArtifactAdditions``): ``before_save(cm)`` may refuse the result
@@ -143,7 +146,10 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
             console.info(f"  pass {r.spec}: {r.wall_s:.2f} s, nodes {r.nodes_before} -> {r.nodes_after}"
                          + ("" if r.modified else " (no change)"))
         with torch.no_grad():
-            diff = _max_abs_diff(cm(*inputs.args, **inputs.kwargs), model(*inputs.args, **inputs.kwargs))
+            got, want = cm(*inputs.args, **inputs.kwargs), model(*inputs.args, **inputs.kwargs)
+        diff = _max_abs_diff(got, want)
+        # The Hugging Face path checks on held-out sentences itself (additions.before_save).
+        check = _eager_check(got, want, pipeline, inputs, console) if additions is None else None
         cm.config["effective_config"] = cfg.effective(pipeline)
         cm.config["source"] = source
         extra = additions.before_save(cm) if additions is not None else {}
@@ -153,20 +159,45 @@ def compile_to_dir(model: nn.Module, inputs: ExampleInputs, cfg: CompileConfig, 
                 additions.after_save(staged_out)
         if writer is not None and staged_report is not None:
             with console.step(f"writing report {quote_path(report)}"):
-                writer(cm, staged_report)
+                writer(cm, staged_report, model=model, measure=measure)
     result = {
         "ok": True, "out": str(Path(out).absolute()), "report": str(Path(report).absolute()) if report else None,
         "frontend": cm.frontend, "devices": cfg.devices or ["cpu"], "nodes": len(cm.graph_module.graph.nodes),
         "passes": [dataclasses.asdict(r) for r in cm.records], "max_abs_diff_vs_eager": diff,
+        "eager_check": check.to_json() if check else None, "eager_check_line": check.line() if check else None,
         "timings": cm.notes.get("timings", {}), "effective_config": cm.config["effective_config"], **extra,
     }
     return result
 
 
+def _eager_check(got: Any, want: Any, pipeline: list[Any], inputs: ExampleInputs, console: Console) -> Any:
+    """Each output against eager in the metric users read (cosine and max abs diff, per output
+    name), with a warning when a lossy pass misses its budget; None when outputs cannot be paired.
+    Exact passes that change outputs beyond assert_close are a failure: nothing is written."""
+    from autoglm.api.eager_check import EagerMismatchError, compare_outputs
+
+    mask = inputs.kwargs.get("attention_mask")
+    try:
+        check = compare_outputs(got, want, pipeline, "the example inputs",
+                                mask if isinstance(mask, torch.Tensor) else None)
+    except EagerMismatchError:
+        return None
+    far = [d.text() for d in check.outputs if not d.close]
+    if check.exact and far:
+        raise CliError("exact passes changed the outputs beyond torch.testing.assert_close's tolerances ("
+                       + "; ".join(far) + "); nothing was written (this is a bug: rerun with --verify to find "
+                       "the pass)")
+    if check.warning():
+        console.warn(check.warning())
+    return check
+
+
 def _human(result: dict[str, Any], model: str) -> str:
     lines = [f"compiled {model} -> {quote_path(result['out'])} ({result['frontend']} frontend, "
              f"{result['nodes']} nodes, devices {','.join(result['devices'])})"]
-    if result["max_abs_diff_vs_eager"] is not None:
+    if result.get("eager_check_line"):
+        lines.append(result["eager_check_line"])
+    elif result["max_abs_diff_vs_eager"] is not None:
         lines.append(f"outputs vs eager: max abs diff {result['max_abs_diff_vs_eager']:.3g}")
     if result["report"]:
         lines.append(f"report: {quote_path(result['report'])}")
@@ -208,7 +239,7 @@ def _run_hf(args: argparse.Namespace, console: Console) -> int:
               "overrides": list(args.sets)}
     additions = hf_compile.ArtifactAdditions(pre, pipeline, console)
     result = compile_to_dir(pre.model, ExampleInputs((), pre.example_inputs), cfg, args.out, args.report, console,
-                            source, additions)
+                            source, additions, measure=args.measure)
     console.result(hf_compile.human(result, args.hf_model), result)
     return 0
 
@@ -230,7 +261,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         cfg.dynamic = _pt2_dynamic(cfg.dynamic, loaded.dynamic or {}, args.model)
     source = {"model": str(args.model), "kind": loaded.kind, "example_inputs": args.example_inputs,
               "factory": args.factory, "config_file": args.config, "overrides": list(args.sets)}
-    result = compile_to_dir(loaded.module, inputs, cfg, args.out, args.report, console, source)
+    result = compile_to_dir(loaded.module, inputs, cfg, args.out, args.report, console, source, measure=args.measure)
     console.result(_human(result, quote_path(args.model)), result)
     return 0
 

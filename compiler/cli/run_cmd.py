@@ -32,7 +32,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--nproc", metavar="K", type=int, default=1,
                    help="run as a K-stage pipeline over torch.distributed (needs a partitioned artifact)")
     p.add_argument("--schedule", choices=["gpipe", "1f1b"], default="gpipe", help="pipeline schedule (--nproc > 1)")
-    # Default 1: compiled graphs are shape-specialised, so splitting the batch only works
+    # Default 1: a graph compiled with a static batch takes only that batch, so splitting it only works
     # for graphs whose ops do not bake in the batch size.
     p.add_argument("--microbatches", type=int, default=1, help="split dim 0 into this many microbatches "
                    "(--nproc > 1; default 1)")

@@ -63,7 +63,7 @@ def _transformers() -> Any:
         import transformers
     except ImportError as exc:
         raise ModelLoadError("loading a Hugging Face folder needs the transformers package "
-                             "(pip install transformers)") from exc
+                             "(pip install 'open-autoglm[huggingface]')") from exc
     return transformers
 
 
