@@ -230,3 +230,15 @@ def test_cli_report_measures_unless_told_not_to(mlp_pt2, tmp_path, capsys):
                      str(out / "r.html"), *flag]) == 0
         data = json.loads((out / "r.json").read_text())
         assert bool(data.get("latency")) == measured, data.keys()
+
+
+def test_wrong_input_structure_is_described_in_words():
+    # Used to print two TreeSpec reprs (pytree internals).
+    model, (x,) = _mlp()
+    cm = autoglm.compile(model, (x,), passes="none")
+    with pytest.raises(TypeError) as info:
+        cm(x, x)
+    text = str(info.value)
+    assert "expected 1 positional input, got 2 positional inputs" in text and "TreeSpec" not in text
+    with pytest.raises(TypeError, match=r"unexpected keyword input\(s\) y \(compiled for 1 positional input\)"):
+        cm(y=x)

@@ -48,6 +48,32 @@ def merge_leaves(tensors: Any, positions: list[int], consts: dict[int, Any]) -> 
     return leaves
 
 
+def _describe_value(spec: TreeSpec) -> str:
+    if spec.is_leaf():
+        return "a value"
+    kind = getattr(spec.type, "__name__", str(spec.type))
+    if isinstance(spec.context, list) and all(isinstance(k, str) for k in spec.context):
+        return f"{kind} with keys {', '.join(spec.context)}"
+    return f"{kind} of {spec.num_children}"
+
+
+def describe_call(spec: TreeSpec) -> str:
+    """A call's structure in words, e.g. ``2 positional inputs and keyword inputs input_ids,
+    attention_mask`` (a TreeSpec's repr is pytree internals no user should have to read)."""
+    if spec.num_children != 2:
+        return str(spec.num_leaves) + " values"
+    args, kwargs = spec.child(0), spec.child(1)
+    parts = []
+    if args.num_children:
+        kinds = [_describe_value(args.child(i)) for i in range(args.num_children)]
+        detail = "" if all(k == "a value" for k in kinds) else f" ({'; '.join(kinds)})"
+        parts.append(f"{args.num_children} positional input{'s' if args.num_children != 1 else ''}{detail}")
+    keys = kwargs.context if isinstance(kwargs.context, list) else []
+    if keys:
+        parts.append(f"keyword inputs {', '.join(map(str, keys))}")
+    return " and ".join(parts) or "no inputs"
+
+
 @dataclass
 class FlatSignature:
     in_spec: TreeSpec
@@ -76,7 +102,8 @@ class FlatSignature:
         if spec != self.in_spec:
             raise TypeError(
                 "compiled model called with a different input structure than it was compiled for: "
-                f"expected {self.in_spec}, got {spec}; compile again with matching example_inputs"
+                f"expected {describe_call(self.in_spec)}, got {describe_call(spec)}; "
+                "compile again with matching example_inputs"
             )
         tensors, positions, consts = split_leaves(leaves)
         if positions != self.in_positions or any(
@@ -101,7 +128,7 @@ class FlatSignature:
             parts = ([f"missing keyword input(s) {', '.join(missing)}"] if missing else []) + (
                 [f"unexpected keyword input(s) {', '.join(extra)}"] if extra else [])
             raise TypeError(f"compiled model called with a different input structure than it was compiled for: "
-                            f"{'; '.join(parts)} (compiled for {', '.join(compiled)})")
+                            f"{'; '.join(parts)} (compiled for {describe_call(self.in_spec)})")
         return {k: kwargs[k] for k in compiled}
 
     @property
