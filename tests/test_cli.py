@@ -130,7 +130,7 @@ def test_usage_errors_exit_2_with_one_line(argv, capsys):
 def test_failed_report_leaves_nothing(saved, tmp_path, capsys, monkeypatch):
     import autoglm.report
 
-    def broken(cm, path):
+    def broken(cm, path, **kwargs):
         Path(path).write_text("half")
         raise OSError("disk full")
 

@@ -47,3 +47,13 @@ def test_tutorial_runs_verbatim(tmp_path):
     similar, unrelated = map(float, re.search(r"similar pair ([\d.]+), unrelated pair (-?[\d.]+)", proc.stdout).groups())
     assert similar > unrelated + 0.2  # the int8, two-device, ONNX model still embeds sentences sensibly
     assert "speed-up" in proc.stdout and "cosine" in proc.stdout
+
+
+def test_readme_use_snippet_runs(tmp_path):
+    """README's `Use` block, run as written in a fresh process (it used to leave `model` and `x` undefined)."""
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Use\n\n```python\n(.*?)```", readme, flags=re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "AUTOGLM_PROGRESS": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "build" / "model" / "graph.json").exists() and (tmp_path / "model.onnx").exists()
