@@ -12,7 +12,6 @@ import inspect
 import io
 import re
 import tokenize
-from typing import Any
 
 __all__ = ["option_help"]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +23,7 @@ from torch.utils._pytree import tree_unflatten
 
 from autoglm.capture.flat import merge_leaves
 from autoglm.cli.common import UsageError
+from autoglm.ir.timing import interleaved_samples
 from autoglm.loading.file_safety import ModelLoadError
 
 __all__ = ["add_flags", "check_flags", "call_from_flat", "saved_inputs", "eager_model", "measure", "human"]
@@ -90,16 +90,8 @@ def _stats(times_s: list[float]) -> dict[str, float]:
 
 def measure(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, dict[str, float]]:
     """Median/p90/min ms of each no-argument callable, interleaved call by call."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved_samples(fns, repeats, warmup)
     return {k: _stats(v) for k, v in times.items()}
 
 

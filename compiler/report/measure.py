@@ -18,7 +18,6 @@ slows both alike; the medians and their ratio are reported.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -26,6 +25,7 @@ from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tr
 
 from autoglm.capture.flat import merge_leaves
 from autoglm.ir.metrics import sqnr_db
+from autoglm.ir.timing import interleaved_samples
 
 __all__ = ["measure_against_eager", "measure_against_captured", "measure_default", "output_accuracy", "user_inputs",
            "output_names"]
@@ -78,16 +78,7 @@ def output_accuracy(reference: Any, actual: Any) -> list[dict[str, Any]]:
 
 
 def _median_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, repeats, warmup).items()}
 
 
 def measure_against_captured(cm: Any, repeats: int = 5, warmup: int = 1) -> dict[str, Any] | None:
