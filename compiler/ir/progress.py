@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from typing import Any, Iterable, Iterator, Sequence
 
 __all__ = ["DELAY_S", "enabled", "quiet", "bar", "stages"]
@@ -49,6 +50,18 @@ class _Stages:
         self._bar = tqdm(total=len(self._names), desc=desc, disable=not enabled(), leave=False, delay=DELAY_S,
                          bar_format="{desc} [{elapsed}]")
         self._show()
+        # tqdm draws a delayed bar only on an update; one stage (torch.onnx.export) can take
+        # most of the time, so a ticker redraws it each second once the delay has passed.
+        self._closed = threading.Event()
+        if not self._bar.disable:
+            threading.Thread(target=self._tick, name="autoglm-progress", daemon=True).start()
+
+    def _tick(self) -> None:
+        if self._closed.wait(DELAY_S):
+            return
+        while not self._closed.is_set():
+            self._bar.refresh()
+            self._closed.wait(1.0)
 
     def _show(self) -> None:
         if self._done < len(self._names):
@@ -62,6 +75,7 @@ class _Stages:
         self._bar.update(1)
 
     def close(self) -> None:
+        self._closed.set()
         self._bar.close()
 
 
