@@ -48,7 +48,9 @@ def attach_openvino(cm: Any, threads: int | None = None, *, path: str | os.PathL
     """
     ov_fields = set(OvOptions.__dataclass_fields__) - {"threads"}
     ov_opts = OvOptions(threads=threads, **{k: v for k, v in opts.items() if k in ov_fields})
-    export_kwargs = {"dynamic_int8_as": "weight_only", **{k: v for k, v in opts.items() if k not in ov_fields}}
+    # int8 weights as int8 (not uint8 + 128): OpenVINO runs static int8 layers as int8 GEMMs then.
+    export_kwargs = {"dynamic_int8_as": "weight_only", "weights_uint8": False,
+                     **{k: v for k, v in opts.items() if k not in ov_fields}}
     export_opts: ExportOptions = resolve_options(None, export_kwargs)
     timings: dict[str, float] = {}
     records: list[Any] = []

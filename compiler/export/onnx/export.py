@@ -84,6 +84,12 @@ class ExportOptions:
     into its int8 kernels). ``"weight_only"``: int8 weights, ``DequantizeLinear -> MatMul``
     on the float activation, for runtimes that quantize activations themselves
     (OpenVINO's CPU plugin, per group of 64 values: the OpenVINO backend uses it).
+    ``weights_uint8``: store int8 weights as ``uint8 = int8 + 128`` with zero point 128
+    (onnxruntime's exact u8 x u8 kernels on CPUs without VNNI, see int8.py). False keeps
+    them int8 with zero point 0, which OpenVINO's CPU plugin needs to run a static int8
+    Linear as an int8 GEMM (u8 activations x i8 weights): with uint8 weights it
+    decompressed them and computed in f32 (real all-MiniLM-L6-v2, 32 x 64, static int8:
+    0.499x eager with uint8 weights, 0.315x with int8). The OpenVINO backend sets it.
     """
 
     opset: int = 18
@@ -99,6 +105,7 @@ class ExportOptions:
     seed: int = 0
     check_threads: int = 1
     dynamic_int8_as: str = "integer"
+    weights_uint8: bool = True
 
 
 @dataclass
@@ -534,7 +541,8 @@ def _save_checked(gm: fx.GraphModule, onnx_program: Any, dynamic: dict[str, list
     probe = _probe_inputs(inputs, dynamic, torch.Generator().manual_seed(opts.seed + 7))
     # int8 weights stored as uint8 + 128 (zero point 128, same real values): onnxruntime's
     # u8 x s8 kernels saturate on x86 CPUs without VNNI, its u8 x u8 ones are exact (onnx_int8.py).
-    store_weights_uint8(onnx_program.model)
+    if opts.weights_uint8:
+        store_weights_uint8(onnx_program.model)
     onnx_program.model.metadata_props.update(metadata)
     with staging_dir(target.parent, target.name) as tmp:
         tmp_model = tmp / target.name
