@@ -39,22 +39,15 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import autoglm  # noqa: E402
+from autoglm.ir.timing import interleaved_samples  # noqa: E402
 from benchmarks import int8_peers as peers  # noqa: E402
 from examples.sentences import SENTENCES  # noqa: E402
 
 
 
 def timed(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds per call, variants interleaved so machine load hits all alike."""
-    for fn in fns.values():
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    """Median seconds per call, variants interleaved so machine load hits all alike (one warm-up round)."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, repeats, warmup=1).items()}
 
 
 def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
