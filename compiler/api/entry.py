@@ -19,7 +19,7 @@ from autoglm.passes.pipeline import resolve_passes
 
 __all__ = ["compile", "load", "split_example_inputs", "BACKENDS"]
 
-BACKENDS = ("fx", "onnxruntime", "openvino")
+BACKENDS = ("fx", "inductor", "onnxruntime", "openvino")
 
 
 def split_example_inputs(example_inputs: Any) -> tuple[tuple, dict]:
@@ -60,7 +60,9 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     ``devices``: where partitions run (``["cpu", "cpu"]``); one device by default.
     ``verify=True`` checks the outputs against the pre-pass graph after every pass.
     ``backend``: ``"fx"`` runs the rewritten graph in PyTorch (multi-device when
-    partitioned); ``"onnxruntime"`` exports it and runs an InferenceSession; ``"openvino"``
+    partitioned); ``"inductor"`` compiles it with ``torch.compile``'s Inductor, weights frozen
+    (int8 layers become oneDNN int8 GEMMs with fused epilogues; docs/quantize.md);
+    ``"onnxruntime"`` exports it and runs an InferenceSession; ``"openvino"``
     exports it and runs it on OpenVINO's CPU plugin (``pip install 'open-autoglm[openvino]'``).
     ``backend_options``: the runtime's and the exporter's options (``threads``, ...).
     Models with data-dependent branches return an ``autoglm.program.program.Program``
@@ -84,8 +86,8 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
     if calibration is not None:  # keyword batches (HF models) in the graph's flat input order
         calibration = FlatBatches(calibration, captured.signature)
     options = DriverOptions(pipeline, devices, verify=verify, cost=cost, calibration=calibration, measure=measure)
-    if captured.frontend == "branching" and backend == "openvino":
-        raise ValueError("backend='openvino' runs models without data-dependent branches, and this one has "
+    if captured.frontend == "branching" and backend in ("openvino", "inductor"):
+        raise ValueError(f"backend={backend!r} runs models without data-dependent branches, and this one has "
                          "them: use backend='onnxruntime' (one session per path) or 'fx'")
     if captured.frontend == "branching":  # data-dependent control flow: one graph per path
         from autoglm.program.program import compile_program
@@ -115,6 +117,10 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
         from autoglm.export.onnx.export import attach_onnxruntime
 
         attach_onnxruntime(cm, **(backend_options or {}))
+    elif backend == "inductor":
+        from autoglm.export.inductor import attach_inductor
+
+        attach_inductor(cm, **(backend_options or {}))
     elif backend == "openvino":
         from autoglm.export.openvino import attach_openvino
 
