@@ -60,6 +60,31 @@ def torchao_int8(model: nn.Module, inputs: tuple) -> Run:
     return lambda: compiled(*inputs)
 
 
+def pt2e_x86_static(model: nn.Module, inputs: tuple, calibration: list[tuple]) -> Run:
+    """PyTorch's own static int8 path: torch.export, PT2E ``X86InductorQuantizer`` (its default
+    config: per-tensor u8 activations, per-channel s8 weights), calibration, torch.compile
+    (freezing). Calibration batches are concatenated to the timed batch size: the exported
+    graph is fixed to it."""
+    _needs("torchao.quantization.pt2e")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    graph = torch.export.export(copy.deepcopy(model), inputs, strict=False).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    batch = inputs[0].shape[0]
+    joined = [torch.cat(parts) for parts in zip(*calibration)]
+    for start in range(0, joined[0].shape[0] - batch + 1, batch):
+        prepared(*[t[start:start + batch] for t in joined])
+    if joined[0].shape[0] < batch:  # fewer calibration rows than one batch: repeat them
+        reps = -(-batch // joined[0].shape[0])
+        prepared(*[t.repeat(reps, *[1] * (t.dim() - 1))[:batch] for t in joined])
+    compiled = torch.compile(convert_pt2e(prepared))
+    return lambda: compiled(*inputs)
+
+
 def onnxruntime_pair(model: nn.Module, inputs: tuple, names: list[str], tmp: Path, threads: int) -> tuple[Run, Run]:
     """(fp32, int8) onnxruntime sessions; int8 from ``quantize_dynamic`` with per-channel QInt8 weights."""
     import onnxruntime as ort

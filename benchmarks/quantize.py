@@ -13,8 +13,9 @@ last hidden state), the way the model is used; calibration sentences (the first
 24) are disjoint from the timed ones. Rows: eager fp32, torch.compile (inductor,
 freezing), onnxruntime fp32 and int8 (``quantize_dynamic``, per channel), OpenVINO
 fp32 and NNCF int8 (``model_type=TRANSFORMER``), torchao int8 dynamic + torch.compile,
-ours with the **default** ``quantize`` options on each of our backends (fx,
-onnxruntime, openvino), and the int8 GEMM bound (``torch._int_mm`` alone on every
+PyTorch's PT2E static int8 (``X86InductorQuantizer``) + torch.compile,
+ours with the **default** ``quantize`` options on each of our backends (fx, inductor,
+onnxruntime, openvino), ours static on inductor and openvino, and the int8 GEMM bound (``torch._int_mm`` alone on every
 Linear's shape). Rows of packages not installed (``pip install -e '.[bench]'``) say so.
 Threads are pinned (``--threads``, 1 by default) in every runtime; variants are timed
 interleaved, ``--runs`` times; the table gives the median over runs of each run's
@@ -65,8 +66,11 @@ def first(out: Any) -> torch.Tensor:
 
 DEFAULT_SPEC = "quantize(progress=False)"
 STATIC_SPEC = "quantize(mode=static,progress=False)"
-OURS = {"ours int8 fx": ("fx", DEFAULT_SPEC), "ours int8 onnxruntime": ("onnxruntime", DEFAULT_SPEC),
+OURS = {"ours int8 fx": ("fx", DEFAULT_SPEC), "ours int8 inductor": ("inductor", DEFAULT_SPEC),
+        "ours int8 onnxruntime": ("onnxruntime", DEFAULT_SPEC),
         "ours int8 openvino": ("openvino", DEFAULT_SPEC),
+        # static activations on Inductor: oneDNN u8 x s8 GEMMs, the next input's quantization fused
+        "ours static inductor": ("inductor", STATIC_SPEC),
         # static activations: OpenVINO's int8 GEMMs (u8 x i8), NNCF's form, at our accuracy control
         "ours static openvino": ("openvino", STATIC_SPEC)}
 NNCF_ROW = "OpenVINO+NNCF int8"
@@ -94,8 +98,9 @@ def side_by_side(name: str, model: nn.Module, inputs: tuple, names: list[str], c
         setup_s[label] = time.perf_counter() - t0
 
     def ours(backend: str, spec: str) -> peers.Run:
-        cm = autoglm.compile(model, inputs, passes=spec, calibration=calibration,
-                             backend=backend, backend_options=None if backend == "fx" else {"threads": threads})
+        # fx and inductor run on torch's threads (pinned above); the others take the count
+        cm = autoglm.compile(model, inputs, passes=spec, calibration=calibration, backend=backend,
+                             backend_options=None if backend in ("fx", "inductor") else {"threads": threads})
         compiled.setdefault(backend, cm)
         return lambda: cm(*inputs)
 
@@ -113,6 +118,7 @@ def side_by_side(name: str, model: nn.Module, inputs: tuple, names: list[str], c
         if ov_model:
             add(NNCF_ROW, lambda: peers.nncf_int8(ov_model[0], calibration, inputs, names, threads, transformer=True))
         add("torchao int8 + compile", lambda: peers.torchao_int8(model, inputs))
+        add("PT2E x86 static + compile", lambda: peers.pt2e_x86_static(model, inputs, calibration))
         for label, (backend, spec) in OURS.items():
             add(label, lambda b=backend, s=spec: ours(b, s))
         reference = evaluate(first(runs["eager fp32"]()))
@@ -147,6 +153,10 @@ def _describe_ours(compiled: dict[str, Any]) -> None:
             kernels[r["kernel"]] = kernels.get(r["kernel"], 0) + 1
         print(f"ours (default quantize): {len(rows) - len(kept)}/{len(rows)} layers int8, kernels {kernels}, "
               f"weight bytes {param_bytes(cm.graph_module) / 2**20:.1f} MiB")
+    ind = compiled.get("inductor")
+    if ind is not None:
+        print(f"ours on Inductor: int8 pattern matches {ind.notes['inductor']['int8_kernels']}, "
+              f"compile {ind.notes['inductor']['compile_s']:.1f} s")
     ov = compiled.get("openvino")
     if ov is not None:
         precisions = ov.notes["openvino"]["runtime_precisions"]

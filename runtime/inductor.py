@@ -41,6 +41,10 @@ from autoglm.ir.int8 import ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, QDQ, W_DTYPE, W_
 
 __all__ = ["InductorOptions", "InductorExecutor", "QdqLinear", "QdqConv2d", "inductor_graph", "MODES"]
 
+# Inductor's int8 lowering builds its zero-point constants with torch.tensor(tensor), which warns
+# on every compile (and recompile for a new shape); nothing a user can act on.
+warnings.filterwarnings("ignore", message="To copy construct from a tensor", module="torch._inductor.mkldnn_lowerings")
+
 MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -160,10 +164,7 @@ class InductorExecutor:
         from torch._dynamo.utils import counters
 
         before = dict(counters["inductor"])
-        with warnings.catch_warnings():
-            # Inductor's int8 lowering builds its zero-point constants with torch.tensor(tensor)
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-            self(*inputs)
+        self(*inputs)
         self.kernels = {k.removesuffix("_count"): v - before.get(k, 0) for k, v in sorted(counters["inductor"].items())
                         if k.startswith(("qlinear", "qconv")) and k.endswith("_count") and v > before.get(k, 0)}
         return self.kernels

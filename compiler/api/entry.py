@@ -17,7 +17,7 @@ from autoglm.driver.devices import check_devices
 from autoglm.driver.graph import DriverOptions, compile_graph, executor_for_loaded, preserved_buffers
 from autoglm.passes.pipeline import resolve_passes
 
-__all__ = ["compile", "load", "split_example_inputs", "BACKENDS"]
+__all__ = ["compile", "load", "attach_backend", "split_example_inputs", "BACKENDS"]
 
 BACKENDS = ("fx", "inductor", "onnxruntime", "openvino")
 
@@ -113,19 +113,28 @@ def compile(  # noqa: A001 - the public name users expect, like torch.compile
                        captured.frontend, executor=compiled.executor,
                        notes={**compiled.notes, **captured.notes, "timings": timings,
                               "frontend_reasons": captured.reasons})
+    attach_backend(cm, backend, backend_options)
+    return cm
+
+
+def attach_backend(cm: CompiledModel, backend: str, options: dict[str, Any] | None = None) -> None:
+    """Make ``backend`` run ``cm`` (``"fx"``: leave it as it is); the backends' checks run here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "onnxruntime":
         from autoglm.export.onnx.export import attach_onnxruntime
 
-        attach_onnxruntime(cm, **(backend_options or {}))
+        attach_onnxruntime(cm, **(options or {}))
     elif backend == "inductor":
         from autoglm.export.inductor import attach_inductor
 
-        attach_inductor(cm, **(backend_options or {}))
+        attach_inductor(cm, **(options or {}))
     elif backend == "openvino":
         from autoglm.export.openvino import attach_openvino
 
-        attach_openvino(cm, **(backend_options or {}))
-    return cm
+        attach_openvino(cm, **(options or {}))
+    if backend != "fx":
+        cm.config["backend"] = backend
 
 
 @contextlib.contextmanager

@@ -99,7 +99,7 @@ def human(bench: dict[str, Any]) -> str:
     a = bench["artifact"]
     lines = [f"benchmark: {bench['threads']} thread(s), {bench['repeats']} timed runs after {bench['warmup']} "
              f"warm-up, inputs {bench['inputs']}",
-             f"  artifact  median {a['median_ms']:.2f} ms  p90 {a['p90_ms']:.2f} ms"]
+             f"  artifact  median {a['median_ms']:.2f} ms  p90 {a['p90_ms']:.2f} ms  (backend {bench.get('backend', 'fx')})"]
     e = bench.get("eager")
     if e is None:
         lines.append(f"  eager     not measured: {bench['eager_source']}")

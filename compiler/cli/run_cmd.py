@@ -1,4 +1,4 @@
-"""``autoglm run DIR (--inputs FILE | --text "..." ...) [--output FILE] [--nproc K] [--benchmark]``."""
+"""``autoglm run DIR (--inputs FILE | --text "..." ...) [--output FILE] [--nproc K] [--backend B] [--benchmark]``."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
+from autoglm.api.entry import BACKENDS, attach_backend
 from autoglm.cli import benchmark, run_text
 from autoglm.cli.common import (CliError, Console, OutputPlan, UsageError, check_inputs_match, load_compiled,
                                 quote_path)
@@ -36,6 +37,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     # for graphs whose ops do not bake in the batch size.
     p.add_argument("--microbatches", type=int, default=1, help="split dim 0 into this many microbatches "
                    "(--nproc > 1; default 1)")
+    p.add_argument("--backend", choices=BACKENDS, default="fx",
+                   help="run the artifact on this backend (default fx: PyTorch; inductor: torch.compile, int8 "
+                        "layers as oneDNN int8 GEMMs; onnxruntime/openvino: exported and parity-checked first)")
     benchmark.add_flags(p)
     p.set_defaults(handler=run)
 
@@ -95,6 +99,8 @@ def _run_pipeline(artifact: str, cm: Any, inputs: Any, args: argparse.Namespace)
 def _check_flags(args: argparse.Namespace) -> None:
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and args.backend != "fx":
+        raise UsageError(f"--backend {args.backend} runs one process; a pipeline (--nproc > 1) runs on fx")
     if args.output and Path(args.output).suffix not in OUTPUT_SUFFIXES:
         raise UsageError(f"--output {quote_path(args.output)}: use one of {', '.join(OUTPUT_SUFFIXES)}")
     if args.inputs and args.text:
@@ -136,7 +142,7 @@ def _benchmark(args: argparse.Namespace, cm: Any, inputs: Any, label: str, conso
             eager, what = None, f"the rebuilt eager model fails on these inputs ({type(exc).__name__}: {exc})"
     with console.step(f"timing {' and '.join(fns)}: {args.warmup} warm-up + {args.repeats} runs each"):
         times = benchmark.measure(fns, args.repeats, args.warmup)
-    bench = {"threads": torch.get_num_threads(), "repeats": args.repeats, "warmup": args.warmup,
+    bench = {"threads": torch.get_num_threads(), "backend": args.backend, "repeats": args.repeats, "warmup": args.warmup,
              "inputs": f"{label} ({inputs.describe()})", "artifact": times["artifact"], "eager": times.get("eager"),
              "eager_source": what, "speedup": None}
     if eager is not None:
@@ -152,6 +158,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         staged = plan.file(args.output, "--output file") if args.output else None
         with console.step(f"loading {quote_path(args.artifact)}"):
             cm = load_compiled(args.artifact, args.trust_remote_code)
+        if args.backend != "fx":
+            # The other runtimes take their thread count as an option; Inductor uses torch's (set above).
+            options = {"threads": args.threads} if args.backend in ("onnxruntime", "openvino") else None
+            with console.step(f"compiling for {args.backend} and checking it against the artifact"):
+                attach_backend(cm, args.backend, options)
         inputs, label = _call_inputs(args, cm)
         check_inputs_match(cm, inputs.args, inputs.kwargs, args.microbatches if args.nproc > 1 else 1)
         with console.step("running" if args.nproc == 1 else f"running on {args.nproc} pipeline stages"):

@@ -1,0 +1,80 @@
+"""backend="inductor": the rewritten graph under torch.compile, int8 layers as oneDNN int8 GEMMs."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import autoglm
+from autoglm.ir.metrics import sqnr_db
+from autoglm.runtime.inductor import InductorExecutor, QdqConv2d, QdqLinear, inductor_graph
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 32)).eval()
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def test_fp32_graph_is_a_drop_in_callable_at_any_batch():
+    model, x = _mlp(), torch.randn(8, 64)
+    cm = autoglm.compile(model, (x,), backend="inductor")
+    assert isinstance(cm.executor, InductorExecutor) and cm.config["backend"] == "inductor"
+    with torch.no_grad():
+        for batch in (8, 1, 13):
+            xb = torch.randn(batch, 64)
+            torch.testing.assert_close(cm(xb), model(xb))
+    checked = [r["inputs"] for r in cm.notes["inductor"]["parity"]]
+    assert checked[0] == "example" and "dynamic-shape" in checked
+    assert not cm.notes["inductor"]["int8_kernels"]  # nothing int8 to match in an fp32 graph
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_linears_run_as_onednn_int8_gemms_within_the_budget(mode):
+    model, x = _mlp(), torch.randn(16, 64)
+    passes = f"quantize(mode={mode}, progress=False)"
+    ours = autoglm.compile(model, (x,), passes=passes)
+    cm = autoglm.compile(model, (x,), passes=passes, backend="inductor")
+    kernels = cm.notes["inductor"]["int8_kernels"]
+    # both Linears pre-packed as int8 oneDNN weights, and the GELU fused into the first GEMM
+    assert kernels.get("qlinear_weight_prepack_matcher") == 2, kernels
+    assert kernels.get("qlinear_unary_matcher") == 1, kernels
+    xs = torch.randn(16, 64)
+    with torch.no_grad():
+        assert sqnr_db([ours(xs)], [cm(xs)]) >= 25.0  # the parity budget against our int8 graph
+        assert float(F.cosine_similarity(cm(xs), model(xs)).min()) > 0.99
+
+
+def test_static_int8_convs_run_as_onednn_int8_convs():
+    model, x = _cnn(), torch.randn(4, 3, 16, 16)
+    cm = autoglm.compile(model, (x,), passes="quantize(mode=static, progress=False)", backend="inductor")
+    kernels = cm.notes["inductor"]["int8_kernels"]
+    assert kernels.get("qconv_weight_prepack_matcher") == 2, kernels
+    with torch.no_grad():
+        xs = torch.randn(4, 3, 16, 16)
+        assert float(F.cosine_similarity(cm(xs), model(xs)).min()) > 0.98
+
+
+def test_twins_compute_the_int8_modules_numbers():
+    """Run eagerly, the q/dq twins are the lowered modules' math (fx kernels are exact on this
+    CPU or fall back to exact ones), so any difference under Inductor is Inductor's."""
+    for model, x in ((_mlp(), torch.randn(16, 64)), (_cnn(), torch.randn(2, 3, 16, 16))):
+        cm = autoglm.compile(model, (x,), passes="quantize(mode=static, progress=False)")
+        twin = inductor_graph(cm.graph_module)
+        assert any(isinstance(m, (QdqLinear, QdqConv2d)) for m in twin.modules())
+        with torch.no_grad():
+            assert sqnr_db([cm.graph_module(x)[0]], [twin(x)[0]]) > 60.0
+
+
+def test_threads_and_unknown_options_are_refused_in_one_line():
+    model, x = _mlp(), torch.randn(4, 64)
+    with pytest.raises(ValueError, match="torch.set_num_threads"):
+        autoglm.compile(model, (x,), backend="inductor", backend_options={"threads": 1})
+    with pytest.raises(TypeError, match="unknown inductor backend option"):
+        autoglm.compile(model, (x,), backend="inductor", backend_options={"precision": "bf16"})
+    with pytest.raises(ValueError, match="mode must be one of"):
+        autoglm.compile(model, (x,), backend="inductor", backend_options={"mode": "fast"})
