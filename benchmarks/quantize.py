@@ -213,9 +213,11 @@ def digits(args: argparse.Namespace) -> None:
     model, (xtr, _), (xte, yte) = digits_cnn(width=args.digits_width)
     calibration = [(xtr[i:i + 128],) for i in range(0, 512, 128)]
     variants = {"eager fp32": model}
-    for label, passes in (("ours int8 dynamic (default)", "quantize(progress=False)"),
-                          ("ours int8 static", "quantize(mode=static, observer=percentile, progress=False)")):
-        cm = autoglm.compile(model, (xte,), passes=passes, calibration=calibration)
+    static = "quantize(mode=static, observer=percentile, progress=False)"
+    for label, passes, backend in (("ours int8 dynamic (default)", "quantize(progress=False)", "fx"),
+                                   ("ours int8 static", static, "fx"),
+                                   ("ours int8 static inductor", static, "inductor")):
+        cm = autoglm.compile(model, (xte,), passes=passes, calibration=calibration, backend=backend)
         convs = sum(type(m).__name__ == "Int8Conv2d" for m in cm.graph_module.modules())
         print(f"{label}: {convs} int8 convs")
         variants[label] = cm

@@ -101,3 +101,30 @@ def test_backend_annotates_on_the_real_example_values():
     compiled = torch.compile(Chol(), backend=make_backend([Spy()]))
     torch.testing.assert_close(compiled(a), Chol()(a))
     assert seen and torch.equal(seen[0], a)
+
+
+def test_backend_option_inductor_runs_int8_subgraphs_as_onednn_gemms():
+    """options={"backend": "inductor"}: the quantized subgraph is compiled by Inductor (its int8
+    weight pre-packing fires) and stays within int8 noise of the fx-run subgraph."""
+    import pytest
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 32)).eval()
+    x = torch.randn(16, 64)
+    outs = {}
+    for runtime in ("fx", "inductor"):
+        torch._dynamo.reset()
+        before = counters["inductor"]["qlinear_weight_prepack_matcher_count"]
+        compiled = torch.compile(model, backend="autoglm",
+                                 options={"passes": "quantize(progress=False)", "backend": runtime})
+        with torch.no_grad():
+            outs[runtime] = compiled(x)
+        packed = counters["inductor"]["qlinear_weight_prepack_matcher_count"] - before
+        assert packed == (2 if runtime == "inductor" else 0), (runtime, packed)
+    from autoglm.ir.metrics import sqnr_db
+
+    assert sqnr_db([outs["fx"]], [outs["inductor"]]) >= 25.0  # the int8 parity budget of the backends
+    with pytest.raises(ValueError, match="options\\['backend'\\] must be one of"):
+        make_backend("quantize", backend="openvino")

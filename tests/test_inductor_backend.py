@@ -78,3 +78,40 @@ def test_threads_and_unknown_options_are_refused_in_one_line():
         autoglm.compile(model, (x,), backend="inductor", backend_options={"precision": "bf16"})
     with pytest.raises(ValueError, match="mode must be one of"):
         autoglm.compile(model, (x,), backend="inductor", backend_options={"mode": "fast"})
+
+
+def test_cli_runs_a_saved_int8_artifact_on_inductor(tmp_path):
+    """As a user would: a .pt2 compiled by the installed command, then `autoglm run --backend inductor`
+    in a fresh process; the outputs file matches the fx run of the same artifact."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    autoglm_cmd = shutil.which("autoglm", path=str(Path(sys.executable).parent)) or shutil.which("autoglm")
+    if autoglm_cmd is None:
+        pytest.skip("autoglm console script not installed")
+    model, x = _mlp(), torch.randn(8, 64)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "mlp.pt2")
+    torch.save((x,), tmp_path / "x.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([autoglm_cmd, *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    done = cli("compile", "mlp.pt2", "--example-inputs", "x.pt", "--passes", "quantize(progress=False)",
+               "--out", "art", "--no-measure", "-q")
+    assert done.returncode == 0, done.stderr
+    outs = {}
+    for backend in ("fx", "inductor"):
+        done = cli("run", "art", "--inputs", "x.pt", "--backend", backend, "--output", f"{backend}.pt",
+                   "--benchmark", "--repeats", "3", "--threads", "1")
+        assert done.returncode == 0, done.stderr
+        assert f"(backend {backend})" in done.stdout
+        outs[backend] = torch.load(tmp_path / f"{backend}.pt", weights_only=True)
+    fx_out, ind_out = (next(iter(o.values())) if isinstance(o, dict) else o for o in (outs["fx"], outs["inductor"]))
+    assert sqnr_db([fx_out], [ind_out]) >= 25.0
+    bad = cli("run", "art", "--inputs", "x.pt", "--backend", "inductor", "--nproc", "2")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--nproc" in bad.stderr

@@ -8,7 +8,9 @@ partitioned subgraph really runs on its devices.
 
 ``options`` (the ``torch.compile`` argument) takes the ``autoglm.compile``
 keywords that make sense per subgraph: ``passes``, ``devices``, ``cost``,
-``verify``, ``calibration``. ``make_backend(passes, devices, ...)`` builds the
+``verify``, ``calibration``, ``backend`` (``"fx"``, or ``"inductor"``: each rewritten
+subgraph is compiled by Inductor on its first call, int8 layers as oneDNN int8 GEMMs;
+see docs/inductor.md). ``make_backend(passes, devices, ...)`` builds the
 same callable for ``torch.compile(model, backend=make_backend(...))``.
 
 Dynamo hands real example tensors when it has them; those values are used
@@ -38,7 +40,8 @@ from autoglm.passes.pipeline import resolve_passes
 
 __all__ = ["autoglm_backend", "make_backend", "freeze_module_state", "BACKEND_OPTIONS"]
 
-BACKEND_OPTIONS = ("passes", "devices", "cost", "verify", "calibration")
+BACKEND_OPTIONS = ("passes", "devices", "cost", "verify", "calibration", "backend")
+SUBGRAPH_BACKENDS = ("fx", "inductor")  # the ONNX runtimes need a whole model, not Dynamo's subgraphs
 
 
 def _is_fake(t: torch.Tensor) -> bool:
@@ -108,7 +111,7 @@ def _devices_list(devices: Sequence[str] | str | None) -> list[str]:
 
 
 def make_backend(passes: Any = "default", devices: Sequence[str] | str | None = None, *, cost: str = "analytic",
-                 verify: bool = False, calibration: Any = None) -> Callable:
+                 verify: bool = False, calibration: Any = None, backend: str = "fx") -> Callable:
     """A Dynamo backend running ``passes`` on ``devices`` (same forms as ``autoglm.compile``).
 
         compiled = torch.compile(model, backend=make_backend("quantize(mode=dynamic)"))
@@ -116,10 +119,15 @@ def make_backend(passes: Any = "default", devices: Sequence[str] | str | None = 
     Equivalent to ``torch.compile(model, backend="autoglm", options={"passes": ...})``.
     Each graph Dynamo captures is compiled with the module's weights frozen into it; graphs
     with symbolic (dynamic) shapes or non-tensor inputs run as Dynamo built them."""
+    if backend not in SUBGRAPH_BACKENDS:
+        raise ValueError(f"torch.compile(backend='autoglm'): options['backend'] must be one of "
+                         f"{', '.join(map(repr, SUBGRAPH_BACKENDS))}, got {backend!r}")
     devices = _devices_list(devices)
     pipeline = resolve_passes(passes, devices)  # a bad spec fails here, not inside Dynamo
     devices = check_devices(devices, pipeline)
     options = DriverOptions(pipeline, devices, verify=verify, cost=cost, calibration=calibration)
+
+    runtime = backend
 
     def backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         if not pipeline or not _all_static(example_inputs) or not all(
@@ -129,6 +137,11 @@ def make_backend(passes: Any = "default", devices: Sequence[str] | str | None = 
         gm, keep = freeze_module_state(gm, example_inputs)
         compiled = compile_graph(gm, [_real(example_inputs[i]) for i in keep], options)
         executor = compiled.executor
+        if runtime == "inductor":
+            from autoglm.runtime.inductor import InductorExecutor
+
+            # Compiled on its first call, after Dynamo has finished with the outer frame.
+            executor = InductorExecutor(compiled.graph_module)
         if len(keep) == len(example_inputs):
             return executor
         return lambda *args: executor(*[args[i] for i in keep])
