@@ -59,6 +59,23 @@ def test_static_int8_convs_run_as_onednn_int8_convs():
         assert float(F.cosine_similarity(cm(xs), model(xs)).min()) > 0.98
 
 
+def test_a_failed_symbolic_size_compile_falls_back_to_fixed_sizes():
+    """torch 2.13's int8 conv lowering asserts on strides once the batch is symbolic (the digits
+    CNN: Conv-BN-ReLU-MaxPool); the backend then compiles each shape on its own, and says so."""
+    from examples.models import small_cnn
+
+    model, (x,) = small_cnn(batch=4)
+    cm = autoglm.compile(model, (x,), passes="quantize(mode=static, progress=False)", backend="inductor")
+    notes = cm.notes["inductor"]
+    if notes["dynamic_fallback"] is None:
+        pytest.skip("this torch compiles the symbolic-size int8 conv graph: nothing to fall back from")
+    assert notes["dynamic"] is False and "symbolic-size compile failed" in notes["dynamic_fallback"]
+    with torch.no_grad():
+        for batch in (3, 7):
+            xb = torch.randn(batch, 1, 8, 8)
+            assert float(F.cosine_similarity(cm(xb), model(xb)).min()) > 0.99
+
+
 def test_twins_compute_the_int8_modules_numbers():
     """Run eagerly, the q/dq twins are the lowered modules' math (fx kernels are exact on this
     CPU or fall back to exact ones), so any difference under Inductor is Inductor's."""

@@ -12,11 +12,12 @@ computes differently is refused with a one-line ``OnnxParityError``.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from autoglm.export.onnx.check import resized_like
+from autoglm.export.onnx.check import OnnxParityError, resized_like
 from autoglm.export.onnx.export import ExportOptions, _int8_budget, parity_check
 from autoglm.ir.int8 import Int8Conv2d, Int8Linear
 from autoglm.runtime.inductor import InductorExecutor, InductorOptions
@@ -43,6 +44,27 @@ def _batch_probe(cm: Any, inputs: list[torch.Tensor], seed: int) -> list[torch.T
     return probe
 
 
+def _compile_and_check(cm: Any, inputs: list[torch.Tensor], options: InductorOptions, check: ExportOptions,
+                       int8: bool) -> tuple[InductorExecutor, float, list[Any] | Exception]:
+    """Compile on the example inputs and run the parity sets; an exception other than a parity
+    miss (Inductor failing on the other-shape set) is returned, not raised."""
+    executor = InductorExecutor(cm.graph_module, options)
+    t0 = time.perf_counter()
+    executor.compile(inputs)
+    compile_s = time.perf_counter() - t0
+    if not check.check:
+        return executor, compile_s, []
+    probe = _batch_probe(cm, inputs, check.seed) if options.dynamic is not False else None
+    try:
+        records = parity_check(cm.graph_module, executor, inputs, probe, check,
+                               _int8_budget(cm, check) if int8 else None, runtime="inductor")
+    except OnnxParityError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Inductor's own failure: the caller retries with fixed sizes
+        return executor, compile_s, exc
+    return executor, compile_s, records
+
+
 def attach_inductor(cm: Any, threads: int | None = None, **opts: Any) -> InductorExecutor:
     """Compile ``cm``'s graph with Inductor, check it, and make it ``cm``'s executor.
 
@@ -61,17 +83,22 @@ def attach_inductor(cm: Any, threads: int | None = None, **opts: Any) -> Inducto
     options = InductorOptions(**{k: v for k, v in opts.items() if k in fields})
     check = ExportOptions(**{k: v for k, v in opts.items() if k in CHECK_FIELDS})
     inputs = [x.detach() for x in cm.example_inputs]
-    executor = InductorExecutor(cm.graph_module, options)
-    t0 = time.perf_counter()
-    kernels = executor.compile(inputs)
-    compile_s = time.perf_counter() - t0
-    records = []
     int8 = any(isinstance(m, (Int8Linear, Int8Conv2d)) for m in cm.graph_module.modules())
-    if check.check:
-        probe = _batch_probe(cm, inputs, check.seed) if options.dynamic is not False else None
-        records = parity_check(cm.graph_module, executor, inputs, probe, check,
-                               _int8_budget(cm, check) if int8 else None, runtime="inductor")
+    executor, compile_s, records = _compile_and_check(cm, inputs, options, check, int8)
+    fallback = None
+    if isinstance(records, Exception):
+        if options.dynamic is not None:
+            raise records
+        # Inductor failed to compile the graph with symbolic sizes (torch 2.13: its int8 conv
+        # lowering asserts on strides with a symbolic batch, found on the digits CNN). Sizes
+        # fixed instead: each new shape is compiled on its own (up to Dynamo's recompile limit).
+        fallback = f"symbolic-size compile failed ({type(records).__name__}: {str(records).splitlines()[0][:200]})"
+        options = replace(options, dynamic=False)
+        executor, compile_s, records = _compile_and_check(cm, inputs, options, check, int8)
+        if isinstance(records, Exception):
+            raise records
     cm.executor = executor
-    cm.notes["inductor"] = {"mode": options.mode, "freezing": options.freezing, "compile_s": compile_s,
-                            "int8_kernels": kernels, "parity": [r.__dict__ for r in records]}
+    cm.notes["inductor"] = {"mode": options.mode, "freezing": options.freezing, "dynamic": options.dynamic,
+                            "dynamic_fallback": fallback, "compile_s": compile_s, "int8_kernels": executor.kernels,
+                            "parity": [r.__dict__ for r in records]}
     return executor
