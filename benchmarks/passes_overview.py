@@ -36,12 +36,14 @@ MINILM_SPECS = [
     ("sparsify 2:4 (no fine-tuning)", "sparsify(pattern='2:4')", ["cpu"], "fx"),
     ("sparsify structured 30 %", "sparsify(pattern=structured,sparsity=0.3)", ["cpu"], "fx"),
     ("default on onnxruntime", "default", ["cpu"], "onnxruntime"),
+    ("quantize on inductor", "quantize(progress=False)", ["cpu"], "inductor"),
     ("quantize on openvino", "quantize(progress=False)", ["cpu"], "openvino"),
 ]
 
 DIGITS_SPECS = [
     ("none (capture only)", "none"),
-    ("quantize (dynamic int8, defaults)", "quantize(progress=False)"),
+    ("quantize (dynamic int8, defaults: convs stay fp32)", "quantize(progress=False)"),
+    ("quantize(dynamic_convs=True)", "quantize(dynamic_convs=True,progress=False)"),
     ("quantize(mode=static)", "quantize(mode=static,observer=percentile,progress=False)"),
     ("sparsify 2:4 (no fine-tuning)", "sparsify(pattern='2:4')"),
     ("sparsify structured 30 %", "sparsify(pattern=structured,sparsity=0.3)"),

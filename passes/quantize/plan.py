@@ -92,8 +92,9 @@ def _embedding(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor
 
 
 def find_layers(gm: fx.GraphModule, mode: str, per_channel: bool, exclude: Sequence[str],
-                embeddings: bool) -> tuple[list[Layer], dict[str, str]]:
-    """Quantizable layers in graph order, and ``{name: reason}`` for candidates left alone."""
+                embeddings: bool, dynamic_convs: bool = True) -> tuple[list[Layer], dict[str, str]]:
+    """Quantizable layers in graph order, and ``{name: reason}`` for candidates left alone
+    (``dynamic_convs=False``: convolutions stay fp32 in dynamic mode)."""
     layers: list[Layer] = []
     skipped: dict[str, str] = {}
     for node in list(gm.graph.nodes):
@@ -111,6 +112,10 @@ def find_layers(gm: fx.GraphModule, mode: str, per_channel: bool, exclude: Seque
                                 "dilation": _pair(conv.dilation), "groups": conv.groups})
             if isinstance(conv.padding, str):
                 skipped[layer.name] = f"padding={conv.padding!r} has no int8 kernel"
+                continue
+            if mode == "dynamic" and not dynamic_convs:
+                skipped[layer.name] = ("dynamic int8 convolutions run slower than fp32 (dynamic_convs=False); "
+                                       "mode=static quantizes them with calibrated ranges")
                 continue
         elif emb is not None:
             ids, w, w_node = emb

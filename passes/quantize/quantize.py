@@ -70,6 +70,11 @@ class QuantizeOptions:
     # kernels (fbgemm) would saturate int8 codes, i.e. without VNNI (weight_qmax_for_this_cpu).
     weights: Literal["auto", "int8", "int7"] = "auto"
     embeddings: bool = True  # weight-only int8 embedding tables
+    # Dynamic mode quantizes Conv2d only when True. Off by default: measured on a 2-core AVX-512
+    # VNNI CPU, 1 thread, dynamic int8 convs (per-call input range, int8 im2col + torch._int_mm)
+    # ran slower than fp32 on every shape tried (64ch 56x56: 3.1x, 128ch 28x28: 1.7x, 256ch
+    # 14x14: 1.05x, the digits CNN: 2.2x), while static int8 convs ran 2.6-3.4x faster than fp32.
+    dynamic_convs: bool = False
     lower: bool = True  # replace q/dq patterns by the fastest measured exact int8 kernel
     progress: bool = True  # tqdm bars while calibrating
 
@@ -125,7 +130,8 @@ class Quantize(GraphPass):
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         o = self.options
-        layers, skipped = find_layers(gm, o.mode, o.granularity == "per_channel", o.exclude, o.embeddings)
+        layers, skipped = find_layers(gm, o.mode, o.granularity == "per_channel", o.exclude, o.embeddings,
+                                      o.dynamic_convs)
         if not layers:
             ctx.notes[self.name] = {"mode": o.mode, "layers": [_row(n, "fp32", r) for n, r in skipped.items()]}
             return PassResult(gm, False)

@@ -88,7 +88,7 @@ weights (`tests/zoo/models.py`), each run through every configuration
 |---|---|---|
 | none | `autoglm.compile(passes="none")`, parity with eager | `torch.export` |
 | default-2dev | default passes on `devices=["cpu","cpu"]`, parity | `torch.export` |
-| int8-dynamic | `quantize(mode=dynamic)`: output SQNR vs fp32, some layer int8 | `torch.export` |
+| int8-dynamic | `quantize(mode=dynamic, dynamic_convs=True)`: output SQNR vs fp32, some layer int8 | `torch.export` |
 | onnx | `cm.export_onnx` (its own parity check), then onnxruntime vs eager | `torch.onnx.export(dynamo=True)` + onnxruntime |
 | save-load | `cm.save`, `autoglm.load` in a fresh process, parity and output type | `torch.export.save/load` in a fresh process |
 | torch.compile | `torch.compile(backend="autoglm")`, parity | `torch.compile(backend="eager")` |
