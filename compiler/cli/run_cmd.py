@@ -13,6 +13,7 @@ from autoglm.cli import benchmark, run_text
 from autoglm.cli.common import (CliError, Console, OutputPlan, UsageError, check_inputs_match, load_compiled,
                                 quote_path)
 from autoglm.loading.model_files import ExampleInputs, load_example_inputs
+from autoglm.program.io import LoadedProgram
 
 __all__ = ["add_parser", "run", "save_outputs"]
 
@@ -159,6 +160,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with console.step(f"loading {quote_path(args.artifact)}"):
             cm = load_compiled(args.artifact, args.trust_remote_code)
         if args.backend != "fx":
+            if isinstance(cm, LoadedProgram):  # one graph per branch path
+                raise UsageError(f"--backend {args.backend} runs single-graph artifacts; {quote_path(args.artifact)} "
+                                 "holds a program with data-dependent branches (run it on fx)")
             # The other runtimes take their thread count as an option; Inductor uses torch's (set above).
             options = {"threads": args.threads} if args.backend in ("onnxruntime", "openvino") else None
             with console.step(f"compiling for {args.backend} and checking it against the artifact"):
