@@ -137,3 +137,16 @@ def test_cli_runs_a_saved_int8_artifact_on_inductor(tmp_path):
     assert sqnr_db([fx_out], [ind_out]) >= 25.0
     bad = cli("run", "art", "--inputs", "x.pt", "--backend", "inductor", "--nproc", "2")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--nproc" in bad.stderr
+
+
+def test_an_inductor_failure_is_one_line(monkeypatch):
+    """Inductor's own errors run to pages (generated code, stacks): the backend says what failed."""
+    from autoglm.export.inductor import InductorCompileError
+
+    def broken(self, inputs):
+        raise RuntimeError("C++ compile error\n" + "long generated source\n" * 50)
+
+    monkeypatch.setattr(InductorExecutor, "compile", broken)
+    with pytest.raises(InductorCompileError, match="Inductor could not compile this graph") as info:
+        autoglm.compile(_mlp(), (torch.randn(4, 64),), backend="inductor")
+    assert "\n" not in str(info.value) and "backend='fx'" in str(info.value)

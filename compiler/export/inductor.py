@@ -22,10 +22,14 @@ from autoglm.export.onnx.export import ExportOptions, _int8_budget, parity_check
 from autoglm.ir.int8 import Int8Conv2d, Int8Linear
 from autoglm.runtime.inductor import InductorExecutor, InductorOptions
 
-__all__ = ["attach_inductor", "CHECK_FIELDS"]
+__all__ = ["attach_inductor", "InductorCompileError", "CHECK_FIELDS"]
 
 # The parity-check fields of ExportOptions that apply here (the rest are ONNX-file options).
 CHECK_FIELDS = ("parity_sets", "rtol", "atol", "int8_min_sqnr_db", "int8_margin_db", "check", "seed")
+
+
+class InductorCompileError(RuntimeError):
+    """Inductor failed on the example inputs (no C++ compiler, an op it cannot lower, ...)."""
 
 
 def _batch_probe(cm: Any, inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor] | None:
@@ -50,7 +54,12 @@ def _compile_and_check(cm: Any, inputs: list[torch.Tensor], options: InductorOpt
     miss (Inductor failing on the other-shape set) is returned, not raised."""
     executor = InductorExecutor(cm.graph_module, options)
     t0 = time.perf_counter()
-    executor.compile(inputs)
+    try:
+        executor.compile(inputs)
+    except Exception as exc:  # noqa: BLE001 - Inductor's errors run to pages: say what failed in one line
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise InductorCompileError(f"backend='inductor': Inductor could not compile this graph "
+                                   f"({type(exc).__name__}: {first}); use backend='fx'") from exc
     compile_s = time.perf_counter() - t0
     if not check.check:
         return executor, compile_s, []
