@@ -14,9 +14,10 @@ writes). With ``freezing`` on, Inductor then
 * generates the elementwise and reduction code around them (LayerNorm, dynamic
   activation ranges) as C++ loops.
 
-Measured on real all-MiniLM-L6-v2 (32 sentences x 64 tokens, 1 thread, AVX-512 VNNI):
-the default (dynamic) quantize ran 0.333x eager fp32 here against 0.386x on the fx
-backend's fbgemm kernels; the profile is in docs/quantize.md.
+Measured on real all-MiniLM-L6-v2 (32 sentences x 64 tokens, 1 thread, AVX-512 VNNI;
+benchmarks/quantize.py, 3 interleaved runs): the default (dynamic) quantize ran 0.327x
+eager fp32 here against 0.356x on the fx backend's fbgemm kernels, the same int8 plan;
+the profile is in docs/quantize.md.
 
 Numbers: oneDNN sums u8 x s8 products exactly in int32 on CPUs with VNNI, like the
 fx kernels, but it applies scales in its own order, so outputs differ from the fx
