@@ -101,6 +101,10 @@ def test_threads_and_unknown_options_are_refused_in_one_line():
         autoglm.compile(model, (x,), backend="inductor", backend_options={"precision": "bf16"})
     with pytest.raises(ValueError, match="mode must be one of"):
         autoglm.compile(model, (x,), backend="inductor", backend_options={"mode": "fast"})
+    from tests.test_branches import TwoWay, _inputs, _seeded
+
+    with pytest.raises(ValueError, match="without data-dependent branches"):
+        autoglm.compile(_seeded(TwoWay()), (_inputs(1)[0],), backend="inductor")
 
 
 def test_cli_runs_a_saved_int8_artifact_on_inductor(tmp_path):

@@ -82,7 +82,7 @@ def test_options_and_unsupported_models_fail_clearly():
         OvOptions(precision="fp64")
     with pytest.raises(ValueError, match="dynamic_quantization_group_size"):
         OvOptions(dynamic_quantization_group_size=-1)
-    with pytest.raises(ValueError, match="backend must be one of 'fx', 'onnxruntime', 'openvino'"):
+    with pytest.raises(ValueError, match="backend must be one of 'fx', 'inductor', 'onnxruntime', 'openvino'"):
         autoglm.compile(_mlp(), (torch.randn(4, 64),), backend="tensorrt")
 
     from tests.test_branches import TwoWay, _inputs, _seeded
