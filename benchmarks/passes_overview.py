@@ -84,8 +84,12 @@ def minilm(args: argparse.Namespace) -> None:
     variants: dict[str, Any] = {"eager fp32": model}
     compile_s = {"eager fp32": "-"}
     for label, spec, devices, backend in MINILM_SPECS:
+        # onnxruntime and OpenVINO take their own thread count (else they use every core while
+        # torch is pinned); fx and inductor run on torch's.
+        threads = {"threads": torch.get_num_threads()} if backend in ("onnxruntime", "openvino") else None
         cm, secs = _compile(label, lambda: autoglm.compile(model, calibration[0], passes=spec, devices=devices,
-                                                           backend=backend, calibration=calibration))
+                                                           backend=backend, calibration=calibration,
+                                                           backend_options=threads))
         if cm is not None:
             variants[label], compile_s[label] = cm, secs
     fns = {k: (lambda f=f: f(**timed)) for k, f in variants.items()}
