@@ -35,8 +35,8 @@ class InductorCompileError(RuntimeError):
 def _batch_probe(cm: Any, inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor] | None:
     """The inputs with one more row where the compiled fx graph takes that (a second shape makes
     Inductor compile its symbolic-size graph, which is then checked too); None otherwise."""
-    if not inputs or inputs[0].dim() == 0:
-        return None
+    if not inputs or inputs[0].dim() == 0 or getattr(cm, "dynamic_dims", None) == {}:
+        return None  # (dynamic_dims == {}: the model takes only its example's shapes)
     batch = inputs[0].shape[0]
     gen = torch.Generator().manual_seed(seed + 7)
     probe = [resized_like(x, 0, batch + 1, gen) if x.dim() and x.shape[0] == batch else x for x in inputs]
