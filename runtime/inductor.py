@@ -38,7 +38,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from autoglm.ir.int8 import ACT_DTYPE, ACT_QMAX, ACT_QMIN, EPS, QDQ, W_DTYPE, W_QMAX, W_QMIN, Int8Conv2d, Int8Linear
+from autoglm.ir.int8 import (QDQ, W_DTYPE, W_QMAX, W_QMIN, Int8Conv2d, Int8Linear, fake_quant_dynamic,
+                             fake_quant_static)
 
 __all__ = ["InductorOptions", "InductorExecutor", "QdqLinear", "QdqConv2d", "inductor_graph", "MODES"]
 
@@ -75,12 +76,7 @@ class InductorOptions:
 
 def _activation_qdq(x: torch.Tensor, scale: float | None, zero_point: int | None) -> torch.Tensor:
     """The pass's activation rounding: per call (dynamic) or with calibrated qparams (static)."""
-    if scale is None:
-        s, z = QDQ.choose_qparams(x, ACT_QMIN, ACT_QMAX, EPS, ACT_DTYPE)
-        return QDQ.dequantize_t(QDQ.quantize_t(x, s, z, ACT_QMIN, ACT_QMAX, ACT_DTYPE), s, z, ACT_QMIN, ACT_QMAX,
-                                ACT_DTYPE)
-    return QDQ.dequantize(QDQ.quantize(x, scale, zero_point, ACT_QMIN, ACT_QMAX, ACT_DTYPE), scale, zero_point,
-                          ACT_QMIN, ACT_QMAX, ACT_DTYPE)
+    return fake_quant_dynamic(x) if scale is None else fake_quant_static(x, scale, zero_point)
 
 
 class _QdqBase(nn.Module):

@@ -127,9 +127,7 @@ def make_backend(passes: Any = "default", devices: Sequence[str] | str | None = 
     devices = check_devices(devices, pipeline)
     options = DriverOptions(pipeline, devices, verify=verify, cost=cost, calibration=calibration)
 
-    runtime = backend
-
-    def backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+    def compile_subgraph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         if not pipeline or not _all_static(example_inputs) or not all(
                 isinstance(t, torch.Tensor) for t in example_inputs):
             # Dynamic shapes or non-tensor inputs: the graph runs as Dynamo built it.
@@ -137,7 +135,7 @@ def make_backend(passes: Any = "default", devices: Sequence[str] | str | None = 
         gm, keep = freeze_module_state(gm, example_inputs)
         compiled = compile_graph(gm, [_real(example_inputs[i]) for i in keep], options)
         executor = compiled.executor
-        if runtime == "inductor":
+        if backend == "inductor":
             from autoglm.runtime.inductor import InductorExecutor
 
             # Compiled on its first call, after Dynamo has finished with the outer frame.
@@ -146,7 +144,7 @@ def make_backend(passes: Any = "default", devices: Sequence[str] | str | None = 
             return executor
         return lambda *args: executor(*[args[i] for i in keep])
 
-    return backend
+    return compile_subgraph
 
 
 def autoglm_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str, Any] | None = None,

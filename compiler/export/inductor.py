@@ -20,6 +20,7 @@ import torch
 from autoglm.export.onnx.check import OnnxParityError, resized_like
 from autoglm.export.onnx.export import ExportOptions, _int8_budget, parity_check
 from autoglm.ir.int8 import Int8Conv2d, Int8Linear
+from autoglm.loading.file_safety import first_line
 from autoglm.runtime.inductor import InductorExecutor, InductorOptions
 
 __all__ = ["attach_inductor", "InductorCompileError", "CHECK_FIELDS"]
@@ -57,9 +58,8 @@ def _compile_and_check(cm: Any, inputs: list[torch.Tensor], options: InductorOpt
     try:
         executor.compile(inputs)
     except Exception as exc:  # noqa: BLE001 - Inductor's errors run to pages: say what failed in one line
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise InductorCompileError(f"backend='inductor': Inductor could not compile this graph "
-                                   f"({type(exc).__name__}: {first}); use backend='fx'") from exc
+                                   f"({first_line(exc)[:300]}); use backend='fx'") from exc
     compile_s = time.perf_counter() - t0
     if not check.check:
         return executor, compile_s, []
@@ -101,7 +101,7 @@ def attach_inductor(cm: Any, threads: int | None = None, **opts: Any) -> Inducto
         # Inductor failed to compile the graph with symbolic sizes (torch 2.13: its int8 conv
         # lowering asserts on strides with a symbolic batch, found on the digits CNN). Sizes
         # fixed instead: each new shape is compiled on its own (up to Dynamo's recompile limit).
-        fallback = f"symbolic-size compile failed ({type(records).__name__}: {str(records).splitlines()[0][:200]})"
+        fallback = f"symbolic-size compile failed ({first_line(records)[:200]})"
         options = replace(options, dynamic=False)
         executor, compile_s, records = _compile_and_check(cm, inputs, options, check, int8)
         if isinstance(records, Exception):
